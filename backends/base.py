@@ -1,0 +1,212 @@
+"""The seam between the CSI services and the storage backends.
+
+``csi/`` talks to storage only through :class:`Backend`. A backend owns its
+volumes' data *and* metadata (image + JSON file, LV tags, on-disk marks) and
+re-derives all state from them at :meth:`Backend.start`; it keeps an in-memory
+index so that no call scans every volume. Every method is idempotent: it first
+reads the current state, succeeds when that is already the desired one, and
+raises a :mod:`backends.errors` exception otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Protocol, runtime_checkable
+
+#: Topology key every volume carries: ``topology.localcsi.dev/node=<node id>``.
+TOPOLOGY_KEY = "topology.localcsi.dev/node"
+
+_VOLUME_ID = re.compile(r"^lcv-[0-9a-f]{32}$")
+_SNAPSHOT_ID = re.compile(r"^lcs-[0-9a-f]{32}$")
+
+
+def _digest(kind: str, name: str) -> str:
+    return hashlib.blake2b(f"{kind}\0{name}".encode(), digest_size=16).hexdigest()
+
+
+def volume_id_for(name: str) -> str:
+    """The volume id for a CSI volume name: deterministic and a safe file name.
+
+    The raw name never becomes a path or an LV name; retries of CreateVolume
+    find their earlier work because the id is a pure function of the name.
+    """
+    return "lcv-" + _digest("volume", name)
+
+
+def snapshot_id_for(name: str) -> str:
+    return "lcs-" + _digest("snapshot", name)
+
+
+def is_volume_id(value: str) -> bool:
+    return bool(_VOLUME_ID.match(value))
+
+
+def is_snapshot_id(value: str) -> bool:
+    return bool(_SNAPSHOT_ID.match(value))
+
+
+class AccessType(enum.Enum):
+    MOUNT = "mount"
+    BLOCK = "block"
+
+
+class SourceKind(enum.Enum):
+    SNAPSHOT = "snapshot"
+    VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a backend can do; advertised capabilities derive from this only."""
+
+    block: bool = True
+    filesystem: bool = True
+    #: ControllerExpandVolume grows the backing storage; NodeExpandVolume the filesystem.
+    expansion: bool = False
+    snapshots: bool = False
+    clones: bool = False
+    fs_types: tuple[str, ...] = ("ext4", "xfs")
+    #: Smallest volume a filesystem volume is rounded up to, per fs type.
+    min_fs_bytes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContentSource:
+    kind: SourceKind
+    source_id: str
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A validated CreateVolume request, in backend terms."""
+
+    name: str
+    #: 0 means the caller did not ask for a minimum.
+    required_bytes: int
+    #: 0 means no upper limit.
+    limit_bytes: int
+    parameters: Mapping[str, str]
+    access_type: AccessType = AccessType.MOUNT
+    fs_type: str = ""
+    source: ContentSource | None = None
+
+    @property
+    def volume_id(self) -> str:
+        return volume_id_for(self.name)
+
+
+@dataclass(frozen=True)
+class Condition:
+    abnormal: bool = False
+    message: str = "volume is healthy"
+
+
+@dataclass(frozen=True)
+class Volume:
+    volume_id: str
+    name: str
+    capacity_bytes: int
+    #: Returned to the CO as volume_context and passed back on node calls.
+    context: Mapping[str, str] = field(default_factory=dict)
+    source: ContentSource | None = None
+    published_node_ids: tuple[str, ...] = ()
+    condition: Condition = Condition()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str
+    name: str
+    source_volume_id: str
+    size_bytes: int
+    creation_time: datetime
+    ready_to_use: bool = True
+
+
+@dataclass(frozen=True)
+class Capacity:
+    #: What new volumes could still take, in total, on this node.
+    available_bytes: int
+    #: The largest single volume that could be created now.
+    maximum_volume_bytes: int
+    #: The smallest volume this backend creates (0: no minimum).
+    minimum_volume_bytes: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every storage backend implements. All methods are idempotent."""
+
+    name: ClassVar[str]
+
+    @property
+    def features(self) -> Features: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    # lifecycle ----------------------------------------------------------
+    async def start(self) -> None:
+        """Check tools and storage, rebuild the index from the backend's own state.
+
+        Raises ``Unavailable`` with a clear message when the backend cannot run.
+        """
+
+    async def close(self) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raise ``Unavailable`` when the backend cannot serve requests now."""
+
+    # controller side -----------------------------------------------------
+    async def create_volume(self, spec: VolumeSpec) -> Volume:
+        """Create (or find the identical earlier) volume for ``spec.name``.
+
+        Same name with an incompatible size/source: ``VolumeConflict``.
+        No room: ``CapacityExhausted``. Unknown source: ``NotFound``.
+        """
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Remove a volume and everything it owns; absent is success."""
+
+    async def get_volume(self, volume_id: str) -> Volume:
+        """Raise ``VolumeNotFound`` when absent."""
+
+    async def list_volumes(self) -> list[Volume]:
+        """Every volume, sorted by id, from the in-memory index."""
+
+    async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity: ...
+
+    async def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> int:
+        """Grow the backing storage to at least ``required_bytes``; return the new size."""
+
+    async def publish_volume(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
+        """Record that ``node_id`` may use the volume; return the publish context."""
+
+    async def unpublish_volume(self, volume_id: str, node_id: str) -> None: ...
+
+    # node side -----------------------------------------------------------
+    async def attach(self, volume_id: str, readonly: bool) -> str:
+        """Make the volume's block device present on this node; return its path."""
+
+    async def detach(self, volume_id: str) -> None:
+        """Undo :meth:`attach`; nothing attached is success."""
+
+    async def device_path(self, volume_id: str) -> str | None:
+        """The attached device, or ``None`` when the volume is not attached."""
+
+    async def refresh_device_size(self, volume_id: str) -> int:
+        """After expansion, make the attached device show the new size; return it."""
+
+    # snapshots (only when ``features.snapshots``) ------------------------
+    async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot: ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot: ...
+
+    async def list_snapshots(self) -> list[Snapshot]: ...
