@@ -1,0 +1,76 @@
+"""Versioned JSON records kept next to the data they describe.
+
+Writes are atomic (temporary file in the same directory, fsync, ``os.replace``,
+fsync of the directory), so a crash leaves either the old or the new record,
+never half of one. Records carry a ``schema`` number; :func:`load_record`
+upgrades older ones through the migrations a caller registers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from backends.errors import SystemFailure
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def write_record(path: str, record: Mapping[str, Any]) -> None:
+    """Atomically replace ``path`` with ``record`` as JSON. Blocking: run in a thread."""
+    directory = os.path.dirname(path) or "."
+    data = json.dumps(record, sort_keys=True, indent=1).encode()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load_record(path: str, schema: int, migrations: Mapping[int, Migration] | None = None) -> dict[str, Any]:
+    """Read a record and migrate it to ``schema``. Blocking: run in a thread.
+
+    ``migrations[n]`` turns a schema-``n`` record into a schema-``n+1`` one.
+    A record from a newer driver than this one is refused rather than guessed at.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        record: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
+        raise SystemFailure(f"metadata {path} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise SystemFailure(f"metadata {path} is not a JSON object")
+    version = record.get("schema")
+    if not isinstance(version, int):
+        raise SystemFailure(f"metadata {path} has no schema number")
+    if version > schema:
+        raise SystemFailure(f"metadata {path} has schema {version}, newer than this driver's {schema}")
+    while version < schema:
+        step = (migrations or {}).get(version)
+        if step is None:
+            raise SystemFailure(f"metadata {path}: no migration from schema {version}")
+        record = step(record)
+        version += 1
+        record["schema"] = version
+    return record

@@ -1,0 +1,167 @@
+"""Builds the services for the configured mode, listens, drains on SIGTERM.
+
+Shutdown order: stop accepting connections, wait (bounded) for in-flight RPCs
+and the mutations they started, then close the remaining connections and exit
+0. A stale unix socket is removed at start, unless something still answers on
+it, in which case start-up fails rather than steal another instance's socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import anyio
+from grpclib.server import Server
+from loguru import logger
+
+from backends import errors
+from backends.base import Backend, Features
+from backends.system.runner import Runner
+from csi.config import DriverConfig, Mode
+from csi.context import ServiceContext
+from csi.controller import ControllerService
+from csi.identity import IdentityService
+from csi.node import NodeService
+from csi.rpc import Observer
+
+SOCKET_MODE = 0o660
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, value: str) -> Endpoint:
+        url = urlparse(value)
+        if url.scheme == "unix":
+            path = (url.netloc + url.path) if url.netloc else url.path
+            if not path.startswith("/"):
+                raise ValueError(f"unix endpoint needs an absolute path: {value!r}")
+            return cls(path=path)
+        if url.scheme == "tcp" and url.hostname and url.port:
+            return cls(host=url.hostname, port=url.port)
+        raise ValueError(f"endpoint must be unix:///path or tcp://host:port, not {value!r}")
+
+
+def build_services(ctx: ServiceContext, runner: Runner) -> list[object]:
+    services: list[object] = [IdentityService(ctx)]
+    if ctx.config.mode.serves_controller:
+        services.append(ControllerService(ctx))
+    if ctx.config.mode.serves_node:
+        services.append(NodeService(ctx, runner))
+    return services
+
+
+def remove_stale_socket(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise errors.Unavailable(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        logger.info("removed stale socket {}", path)
+        return
+    finally:
+        probe.close()
+    raise errors.Unavailable(f"another process is serving on {path}")
+
+
+class DriverServer:
+    """One running driver: the backend, the services and the listening socket."""
+
+    def __init__(
+        self,
+        config: DriverConfig,
+        backend: Backend | None,
+        runner: Runner,
+        *,
+        features: Features | None = None,
+        observer: Observer | None = None,
+        path_prefixes: Sequence[str] = (),
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        feats = features or (backend.features if backend is not None else Features())
+        self.ctx = ServiceContext(config, feats, backend, observer=observer, path_prefixes=tuple(path_prefixes))
+        self.server = Server(build_services(self.ctx, runner))  # type: ignore[arg-type]
+        self.endpoint = Endpoint.parse(config.endpoint)
+        self.stopping = anyio.Event()
+
+    async def _listen(self) -> None:
+        if self.endpoint.path:
+            directory = os.path.dirname(self.endpoint.path)
+            await anyio.to_thread.run_sync(lambda: os.makedirs(directory, mode=0o750, exist_ok=True))
+            await anyio.to_thread.run_sync(remove_stale_socket, self.endpoint.path)
+            old = os.umask(0o117)
+            try:
+                await self.server.start(path=self.endpoint.path)
+            finally:
+                os.umask(old)
+            os.chmod(self.endpoint.path, SOCKET_MODE)
+        else:
+            await self.server.start(host=self.endpoint.host, port=self.endpoint.port)
+        logger.info(
+            "serving {} ({} mode, {} backend, node {}) on {}", self.config.driver_name, self.config.mode.value,
+            self.config.backend, self.config.node_id, self.config.endpoint,
+        )
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        if self.backend is not None:
+            await self.backend.start()
+        async with anyio.create_task_group() as tg:
+            self.ctx.supervisor.bind(tg)
+            await self._listen()
+            if handle_signals:
+                tg.start_soon(self._wait_for_signal)
+            await self.stopping.wait()
+            await self._drain()
+            tg.cancel_scope.cancel()
+        if self.backend is not None:
+            await self.backend.close()
+        if self.endpoint.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.endpoint.path)
+        logger.info("stopped")
+
+    async def _wait_for_signal(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logger.info("received {}, draining", signal.Signals(signum).name)
+                self.stopping.set()
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _drain(self) -> None:
+        listener = self.server._server  # stop accepting; grpclib's close() would cancel in-flight calls
+        if listener is not None:
+            listener.close()
+        with anyio.move_on_after(self.config.shutdown_grace_seconds) as scope:
+            await self.ctx.supervisor.idle()
+        if scope.cancelled_caught:
+            logger.warning("in-flight calls still running after {} s; closing anyway",
+                           self.config.shutdown_grace_seconds)
+        self.server.close()
+        with anyio.move_on_after(5):
+            await self.server.wait_closed()
+
+
+def mode_from(value: str) -> Mode:
+    return Mode(value)

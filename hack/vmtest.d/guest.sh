@@ -1,0 +1,73 @@
+#!/bin/bash
+# Stage 2 of the kernel lane, run as PID 1 by the host's bash over the host's
+# root (read-only 9p). Prepares a writable scratch world (tmpfs), loads the
+# kernel modules from the extracted Debian kernel, configures LVM for a
+# udev-less system, runs pytest from the repository's .venv and leaves its exit
+# status in /run/vmtest/rc for hack/vmtest. Powers off in every case.
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+poweroff_now() {
+    sync
+    echo o > /proc/sysrq-trigger
+    sleep 30
+}
+die() {
+    echo "vmtest-guest: FATAL: $*"
+    poweroff_now
+}
+trap 'die "stage 2 exited unexpectedly"' EXIT
+
+# shellcheck source=/dev/null
+source /run/vmtest/env || die "cannot read /run/vmtest/env"
+
+for dir in /tmp /var/tmp /dev/shm /etc/lvm /mnt /media; do
+    [ -d "$dir" ] || continue
+    mount -t tmpfs -o mode=1777 tmpfs "$dir" || die "cannot mount tmpfs on $dir"
+done
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+chmod 0755 /etc/lvm
+mount -t tmpfs -o mode=0755 tmpfs /var/lock 2>/dev/null || true
+mkdir -p /run/lock/lvm /etc/lvm/backup /etc/lvm/archive
+
+# LVM for a system without udevd: LVM itself creates /dev/mapper nodes and the
+# /dev/<vg>/<lv> links; no monitoring daemon; scan every block device.
+cat > /etc/lvm/lvm.conf <<'CONF'
+devices {
+    obtain_device_list_from_udev = 0
+    external_device_info_source = "none"
+    use_devicesfile = 0
+}
+activation {
+    udev_sync = 0
+    udev_rules = 0
+    monitoring = 0
+}
+global {
+    event_activation = 0
+}
+CONF
+
+modules=(loop dm-mod dm-thin-pool dm-snapshot dm-persistent-data ext4 xfs)
+modprobe -d "$VMTEST_MODROOT" -S "$VMTEST_KVER" -a "${modules[@]}" \
+    || die "modprobe of ${modules[*]} from $VMTEST_MODROOT failed"
+[ -e /dev/mapper/control ] || dmsetup mknodes >/dev/null 2>&1 || true
+[ -e /dev/mapper/control ] || die "device-mapper has no /dev/mapper/control"
+
+mapfile -d '' args < /run/vmtest/args || die "cannot read /run/vmtest/args"
+read -r uptime _ < /proc/uptime
+echo "vmtest: guest up after ${uptime}s (kernel $(uname -r)); running pytest ${args[*]}"
+echo "VMTEST-GUEST-READY"
+
+export HOME=/tmp LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+export LOCALCSI_VMTEST=1 VMTEST_OUT=/run/vmtest/out TMPDIR=/tmp
+mkdir -p "$VMTEST_OUT"
+cd "$VMTEST_REPO" || die "repository $VMTEST_REPO not visible in the guest"
+start=$(date +%s.%N)
+"$VMTEST_PYTHON" -m pytest -p no:cacheprovider "${args[@]}" < /dev/null
+rc=$?
+end=$(date +%s.%N)
+echo "vmtest: pytest finished with status $rc in $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')s"
+echo "$rc" > /run/vmtest/rc
+trap - EXIT
+poweroff_now

@@ -1,0 +1,3 @@
+from tests.backends.system.fixtures import loops, scratch
+
+__all__ = ["loops", "scratch"]
