@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import anyio
 from loguru import logger
 
-from backends import errors
+from backends import errors, paths
 from backends.base import (
     Capacity,
     Condition,
@@ -46,7 +46,7 @@ from backends.base import (
     is_volume_id,
 )
 from backends.metadata import fsync_directory, load_record, write_record
-from backends.system import loop, mount
+from backends.system import loop
 from backends.system.runner import Runner, require_tools
 from backends.system.stats import filesystem_stats
 
@@ -503,7 +503,7 @@ class LoopfileBackend:
         if dev is None:
             return None
         # Cheap check that the device still backs this image (someone may have detached it).
-        current = await loop.find_by_device(dev.path) if hasattr(loop, "find_by_device") else dev
+        current = await loop.get_device(dev.path)
         if current is None or current.backing_file != self._image(volume_id):
             self._loops.pop(volume_id, None)
             return None
@@ -513,8 +513,9 @@ class LoopfileBackend:
         device = await self.device_path(volume_id)
         if device is None:
             return
-        if await mount.device_is_mounted(device):
-            raise errors.VolumeInUse(f"{device} of volume {volume_id} is still mounted")
+        users = await paths.device_in_use(device)
+        if users:
+            raise errors.VolumeInUse(f"{device} of volume {volume_id} is still mounted at {', '.join(users)}")
         await loop.detach(device)
         self._loops.pop(volume_id, None)
         logger.info("detached volume {} from {}", volume_id, device)

@@ -14,7 +14,6 @@ caller runs it in a server-owned task group (see ARCHITECTURE.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import PurePath
 
 import anyio
 from loguru import logger
@@ -128,31 +127,13 @@ async def ensure_bind_mounted(
     await mnt.bind_mount(source, target, readonly=readonly, options=options)
 
 
-async def _remove(target: str) -> None:
-    path = anyio.Path(target)
-    try:
-        if await path.is_dir() and not await path.is_symlink():
-            await path.rmdir()
-        else:
-            await path.unlink()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise PreconditionFailed(f"cannot remove {target} after unmounting it: {exc.strerror}") from exc
-
-
 async def ensure_unmounted(target: str, *, remove: bool = True) -> None:
     """Unmount everything stacked at ``target``, then remove it (dir or file) if ``remove``.
 
-    A missing target is success; a busy mount raises VolumeInUse.
+    A missing target is success; a busy mount raises VolumeInUse; a directory
+    that still holds files after the unmounts is left alone (PreconditionFailed).
     """
-    for _ in range(MAX_STACKED_MOUNTS):
-        if not await mnt.unmount(target):
-            break
-    else:
-        raise PreconditionFailed(f"more than {MAX_STACKED_MOUNTS} mounts are stacked at {target}")
-    if remove:
-        await _remove(target)
+    await mnt.clear_target(target, remove=remove, limit=MAX_STACKED_MOUNTS)
 
 
 async def ensure_filesystem_grown(runner: Runner, device: str, mount_point: str, fs_type: str) -> bool:
@@ -161,8 +142,3 @@ async def ensure_filesystem_grown(runner: Runner, device: str, mount_point: str,
     if not here.exists or not here.mount_point:
         raise PreconditionFailed(f"{mount_point} is not a mounted filesystem; cannot grow it online")
     return await fs_tools.grow_filesystem(runner, device, mount_point, fs_type)
-
-
-def is_within(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or below it (lexically; for validating targets)."""
-    return PurePath(path).is_relative_to(PurePath(root))

@@ -13,7 +13,7 @@ import os
 
 import anyio
 
-from backends import errors, node
+from backends import errors, node, paths
 from backends.base import AccessType
 from backends.system.runner import Runner
 from csi import validation as v
@@ -90,8 +90,8 @@ class NodeService(Servicer, csi.NodeBase):
         with self.ctx.locks.hold(volume_id):
             device = await backend.device_path(volume_id)
             for path, remove in ((block_path(staging), True), (staging, False)):
-                mounted = await node.mounted_device(path)
-                if mounted is not None and device is not None and mounted != await node.device_number(device):
+                mounted = await paths.mounted_device(path)
+                if mounted is not None and device is not None and mounted != await paths.device_number(device):
                     raise errors.PreconditionFailed(f"{path} holds a mount that is not volume {volume_id}")
                 await node.ensure_unmounted(path, remove=remove)
             await backend.detach(volume_id)
@@ -108,10 +108,11 @@ class NodeService(Servicer, csi.NodeBase):
         source = block_path(staging) if block else staging
         with self.ctx.locks.hold(volume_id):
             await self.ctx.backend.get_volume(volume_id)
-            if await node.mounted_device(source) is None:
+            if await paths.mounted_device(source) is None:
                 raise errors.PreconditionFailed(f"volume {volume_id} is not staged at {staging}")
             try:
-                await node.ensure_bind_mounted(source, target, readonly=readonly, block=block)
+                await node.ensure_bind_mounted(source, target, readonly=readonly, block=block,
+                                               options=access.mount_flags)
             except errors.VolumeInUse as exc:
                 raise errors.AlreadyExists(f"target path holds an incompatible mount: {exc}") from exc
         return csi.NodePublishVolumeResponse()
@@ -133,11 +134,11 @@ class NodeService(Servicer, csi.NodeBase):
         volume_id = v.volume_id(message.volume_id)
         path = self._path(message.volume_path, "volume_path")
         volume = await self.ctx.backend.get_volume(volume_id)
-        usage = await node.path_usage(path)
+        usage = await paths.path_usage(path)
         if usage is None:
             raise errors.NotFound(f"volume path {path} does not exist")
         condition = volume.condition
-        if not condition.abnormal and await node.mounted_device(path) is None:
+        if not condition.abnormal and await paths.mounted_device(path) is None:
             condition = type(condition)(abnormal=True, message=f"{path} is not mounted")
         unit = csi.VolumeUsageUnit
         entries = [csi.VolumeUsage(available=usage.available_bytes, total=usage.total_bytes, used=usage.used_bytes,
@@ -166,7 +167,7 @@ class NodeService(Servicer, csi.NodeBase):
                 await backend.expand_volume(volume_id, required, limit)
             size = await backend.refresh_device_size(volume_id)
             device = await backend.device_path(volume_id)
-            fs_type = await node.mounted_fs_type(path)
+            fs_type = await paths.mounted_fs_type(path)
             if device is not None and fs_type:
                 await node.ensure_filesystem_grown(self.runner, device, path, fs_type)
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)

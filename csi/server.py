@@ -99,38 +99,40 @@ class DriverServer:
         self.backend = backend
         feats = features or (backend.features if backend is not None else Features())
         self.ctx = ServiceContext(config, feats, backend, observer=observer, path_prefixes=tuple(path_prefixes))
-        self.server = Server(build_services(self.ctx, runner))  # type: ignore[arg-type]
+        self.services = build_services(self.ctx, runner)  # grpclib's Server binds the running loop: made in run()
         self.endpoint = Endpoint.parse(config.endpoint)
         self.stopping = anyio.Event()
 
-    async def _listen(self) -> None:
+    async def _listen(self) -> Server:
+        server = Server(self.services)  # type: ignore[arg-type]
         if self.endpoint.path:
             directory = os.path.dirname(self.endpoint.path)
             await anyio.to_thread.run_sync(lambda: os.makedirs(directory, mode=0o750, exist_ok=True))
             await anyio.to_thread.run_sync(remove_stale_socket, self.endpoint.path)
             old = os.umask(0o117)
             try:
-                await self.server.start(path=self.endpoint.path)
+                await server.start(path=self.endpoint.path)
             finally:
                 os.umask(old)
             os.chmod(self.endpoint.path, SOCKET_MODE)
         else:
-            await self.server.start(host=self.endpoint.host, port=self.endpoint.port)
+            await server.start(host=self.endpoint.host, port=self.endpoint.port)
         logger.info(
             "serving {} ({} mode, {} backend, node {}) on {}", self.config.driver_name, self.config.mode.value,
             self.config.backend, self.config.node_id, self.config.endpoint,
         )
+        return server
 
     async def run(self, *, handle_signals: bool = True) -> None:
         if self.backend is not None:
             await self.backend.start()
         async with anyio.create_task_group() as tg:
             self.ctx.supervisor.bind(tg)
-            await self._listen()
+            server = await self._listen()
             if handle_signals:
                 tg.start_soon(self._wait_for_signal)
             await self.stopping.wait()
-            await self._drain()
+            await self._drain(server)
             tg.cancel_scope.cancel()
         if self.backend is not None:
             await self.backend.close()
@@ -149,8 +151,8 @@ class DriverServer:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def _drain(self) -> None:
-        listener = self.server._server  # stop accepting; grpclib's close() would cancel in-flight calls
+    async def _drain(self, server: Server) -> None:
+        listener = server._server  # stop accepting; grpclib's close() would cancel in-flight calls
         if listener is not None:
             listener.close()
         with anyio.move_on_after(self.config.shutdown_grace_seconds) as scope:
@@ -158,9 +160,9 @@ class DriverServer:
         if scope.cancelled_caught:
             logger.warning("in-flight calls still running after {} s; closing anyway",
                            self.config.shutdown_grace_seconds)
-        self.server.close()
+        server.close()
         with anyio.move_on_after(5):
-            await self.server.wait_closed()
+            await server.wait_closed()
 
 
 def mode_from(value: str) -> Mode:

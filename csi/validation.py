@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import betterproto2
 
-from backends import errors
+from backends import errors, paths
 from backends.base import TOPOLOGY_KEY, AccessType, ContentSource, Features, SourceKind, is_snapshot_id, is_volume_id
 from csi.gen.csi import v1 as csi
 
@@ -164,6 +164,7 @@ def capability(cap: csi.VolumeCapability, features: Features) -> RequestedAccess
         raise UnsupportedCapability(f"filesystem {fs_type!r} is not supported (choose one of {features.fs_types})")
     for flag in value.mount_flags:
         _printable(flag, "mount flag")
+    paths.check_mount_options(list(value.mount_flags))
     return RequestedAccess(frozenset({AccessType.MOUNT}), fs_type, tuple(value.mount_flags), read_only)
 
 

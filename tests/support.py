@@ -102,22 +102,23 @@ class DriverProcess:
             "--backend", self.backend,
             "--loopfile-dir", str(self.data_dir),
             "--log-level", "DEBUG",
+            "--log-format", "json",
             *self.extra_args,
         ]
 
     def start(self, timeout: float = 30.0) -> None:
         self.kubelet_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=Path(__file__).resolve().parent.parent)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=Path(__file__).resolve().parent.parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"driver exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"driver exited with {self.proc.returncode}:\n{self.log(20000)}")
             if self._socket_answers():
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"driver did not listen within {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"driver did not listen within {timeout} s:\n{self.log(20000)}")
 
     def _socket_answers(self) -> bool:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -129,9 +130,10 @@ class DriverProcess:
             s.close()
         return True
 
-    def log(self) -> str:
+    def log(self, tail: int = 0) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-20000:]
+            text = self.log_path.read_text(errors="replace")
+            return text[-tail:] if tail else text
         except FileNotFoundError:
             return ""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 from loguru import logger
 
-from backends.errors import InvalidArgument, VolumeInUse
+from backends.errors import InvalidArgument, PreconditionFailed, VolumeInUse
 from backends.system.errors import SyscallError
 
 MOUNTINFO = "/proc/self/mountinfo"
@@ -365,6 +365,37 @@ def _umount_sync(target: str) -> bool:
     if code == errno.EBUSY:
         raise VolumeInUse(f"{target} is busy (open files or a process working inside it); not unmounted")
     raise SyscallError("umount2", code, target)
+
+
+def _clear_sync(target: str, limit: int, remove: bool) -> int:
+    count = 0
+    while _umount_sync(target):
+        count += 1
+        if count >= limit:
+            raise PreconditionFailed(f"more than {limit} mounts are stacked at {target}")
+    if remove:
+        where = Path(target)
+        try:
+            if where.is_dir() and not where.is_symlink():
+                where.rmdir()
+            else:
+                where.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise PreconditionFailed(f"cannot remove {target} after unmounting it: {exc.strerror}") from exc
+    return count
+
+
+async def clear_target(target: str, *, remove: bool = True, limit: int = 32) -> int:
+    """Unmount every mount stacked at ``target`` (topmost first), then remove the
+    directory or file when ``remove``; one worker-thread hop. Returns how many
+    mounts were removed. A missing target is fine; a non-empty directory is not
+    deleted (PreconditionFailed); a busy mount raises VolumeInUse."""
+    count = await anyio.to_thread.run_sync(_clear_sync, target, limit, remove)
+    if count:
+        logger.debug("unmounted {n} mount(s) at {dst}", n=count, dst=target)
+    return count
 
 
 async def unmount(target: str) -> bool:

@@ -10,7 +10,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 poweroff_now() {
     sync
     echo o > /proc/sysrq-trigger
-    sleep 30
+    sleep 30 2>/dev/null
 }
 die() {
     echo "vmtest-guest: FATAL: $*"
