@@ -44,7 +44,7 @@ from backends.system.runner import Result, Runner
 #: Configuration passed with ``--config`` on every call (works without udevd, in containers).
 CONTAINER_CONFIG = (
     "activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } "
-    "devices { obtain_device_list_from_udev = 0 external_device_info_source = \"none\" }"
+    'devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }'
 )
 REPORT_ARGS = ("--reportformat", "json", "--units", "b", "--nosuffix")
 LV_FIELDS = (
@@ -322,8 +322,9 @@ class Lvm:
         """
         if lv.path and await anyio.Path(lv.path).exists():
             return lv.path
-        await self.runner.run(["vgmknodes", "--config", self.config, "--", lv.full_name], check=False,
-                              timeout=LVM_TIMEOUT)
+        await self.runner.run(
+            ["vgmknodes", "--config", self.config, "--", lv.full_name], check=False, timeout=LVM_TIMEOUT
+        )
         if lv.path and await anyio.Path(lv.path).exists():
             return lv.path
         if lv.dm_path and not await anyio.Path(lv.dm_path).exists():

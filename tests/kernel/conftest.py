@@ -10,15 +10,19 @@ the end. Tests remove the LVs they create.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from backends.system.errors import CommandError
+from backends.system.runner import ProcessRunner, Result, Runner
+from tests.kernel.lvmtools import VolumeGroup, sh
 
 IN_LANE = os.environ.get("LOCALCSI_VMTEST") == "1"
 CAP_SYS_RESOURCE = 24
@@ -44,8 +48,8 @@ def missing_kernel_features() -> list[str]:
     return missing
 
 
-@pytest.fixture(autouse=True)
-def _kernel_features() -> None:
+def require_kernel_features() -> None:
+    """Skip on a host without the features; fail (never skip) inside the lane."""
     missing = missing_kernel_features()
     if not missing:
         return
@@ -55,24 +59,14 @@ def _kernel_features() -> None:
     pytest.skip(f"{message}; run it in the kernel lane: hack/vmtest")
 
 
-def sh(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class VolumeGroup:
-    name: str
-    thinpool: str
-    pvs: tuple[str, ...]
+@pytest.fixture(autouse=True)
+def _kernel_features() -> None:
+    require_kernel_features()
 
 
 @pytest.fixture(scope="session")
 def lvm_vg() -> Iterator[VolumeGroup]:
-    if missing_kernel_features():
-        pytest.skip("no device-mapper here")
+    require_kernel_features()
     scratch = Path(tempfile.mkdtemp(prefix="lvm-pvs-"))
     loops: list[str] = []
     name = f"lcsi{uuid.uuid4().hex[:8]}"
@@ -94,3 +88,50 @@ def lvm_vg() -> Iterator[VolumeGroup]:
         for image in scratch.glob("*.img"):
             image.unlink()
         scratch.rmdir()
+
+
+class RecordingRunner:
+    """Runs commands for real and appends each (argv, returncode, stdout, stderr) to a JSON-lines file.
+
+    Used to capture golden LVM outputs for the host-side unit tests:
+    ``LOCALCSI_LVM_RECORD=1 VMTEST_OUT_DIR=/tmp/rec hack/vmtest -m kernel tests/kernel``.
+    """
+
+    def __init__(self, inner: ProcessRunner, path: Path) -> None:
+        self.inner = inner
+        self.path = path
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,
+        check: bool = True,
+        stdin: bytes | None = None,
+    ) -> Result:
+        result = await self.inner.run(argv, timeout=timeout, check=False, stdin=stdin)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(
+                json.dumps(
+                    {
+                        "argv": list(argv),
+                        "returncode": result.returncode,
+                        "stdout": result.stdout,
+                        "stderr": result.stderr,
+                    }
+                )
+                + "\n"
+            )
+        if check and result.returncode != 0:
+            raise CommandError(result.argv, result.returncode, result.stderr, stdout=result.stdout)
+        return result
+
+
+@pytest.fixture
+def runner(request: pytest.FixtureRequest) -> Runner:
+    out = os.environ.get("VMTEST_OUT")
+    if os.environ.get("LOCALCSI_LVM_RECORD") == "1" and out:
+        name = request.node.name.replace("/", "_").replace("[", "_").replace("]", "")
+        return RecordingRunner(ProcessRunner(), Path(out) / "lvm-record" / f"{name}.jsonl")
+    return ProcessRunner()

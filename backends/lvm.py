@@ -1,0 +1,468 @@
+"""The ``lvm`` backend: each volume is a logical volume in one volume group.
+
+``--backend lvm --lvm-vg VG [--lvm-thinpool POOL] [--lvm-thin-overprovision R]``
+
+Provisioning. The StorageClass parameter ``lvm.localcsi.dev/type`` chooses
+``thick`` (a linear LV; its first blocks zeroed and old signatures wiped) or
+``thin`` (a thin LV in ``POOL``). Without the parameter a volume is thin when a
+thin pool is configured and thick otherwise; ``thin`` without a pool is an
+UnsupportedParameter. Sizes round up to whole extents and the real size is
+reported.
+
+Naming and state. The LV name *is* the volume id (``lcv-`` + 32 hex digits, a
+pure function of the CSI name, well within LVM's 127 characters and charset).
+Everything else lives in LV tags, so the driver keeps no other state and a new
+instance finds every volume from LVM alone::
+
+    localcsi.dev/owner=localcsi      created by us (an LV without it is never touched)
+    localcsi.dev/format=1            tag format version
+    localcsi.dev/name=<CSI name>     or localcsi.dev/name.hex=<hex> when the name has
+                                     characters LVM tags cannot hold
+    localcsi.dev/published=<node>    (or published.hex=) set by ControllerPublish
+
+Capacity. Thick: the VG's free extents (a linear LV may span every PV, so the
+largest volume is all of it). Thin: ``pool size × overprovision ratio`` minus the
+virtual sizes of every thin LV already in the pool (TopoLVM's accounting): a
+ratio of 1.0 never overcommits the pool. Thin creation and expansion are checked
+against it under one lock (the pool is a shared resource) and refused with
+CapacityExhausted beyond it.
+
+Attachment. ``attach`` activates the LV (``lvchange -ay``) and returns
+``/dev/<vg>/<lv>``, recreating the link (``vgmknodes``) or falling back to the
+``/dev/mapper`` node when there is no udev. ``detach`` deactivates it
+(``lvchange -an``): an LV is active exactly while it is staged on this node, so a
+deleted or moved volume leaves no device-mapper device behind, and ``attach``/
+``detach`` answer the same after a driver restart. New LVs are deactivated right
+after creation for the same reason.
+
+Health. ``Volume.condition`` comes from ``lv_attr`` and ``lv_health_status``
+(a missing PV makes the LV partial; suspended or table-less devices; a thin
+pool out of data or metadata space).
+
+Snapshots are not supported yet (``features.snapshots`` is False).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import anyio
+from loguru import logger
+
+from backends import errors, paths
+from backends.base import Capacity, Condition, Features, Snapshot, Volume, VolumeSpec, is_volume_id
+from backends.system.errors import CommandError
+from backends.system.lvm import LogicalVolume, LogicalVolumeNotFound, Lvm, VolumeGroup, VolumeGroupNotFound
+from backends.system.runner import Runner
+from backends.system.stats import block_device_size
+
+MIB = 1 << 20
+GIB = 1 << 30
+DEFAULT_SIZE_BYTES = 1 * GIB
+#: mkfs.xfs refuses filesystems smaller than 300 MiB.
+MIN_FS_BYTES: Mapping[str, int] = {"xfs": 300 * MIB}
+
+PARAM_TYPE = "lvm.localcsi.dev/type"
+IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
+CONTEXT_BACKEND = "localcsi.dev/backend"
+CONTEXT_PROVISIONING = "localcsi.dev/provisioning"
+
+TAG_OWNER = "localcsi.dev/owner=localcsi"
+TAG_FORMAT = "localcsi.dev/format=1"
+TAG_NAME = "localcsi.dev/name"
+TAG_PUBLISHED = "localcsi.dev/published"
+_PLAIN = re.compile(r"^[A-Za-z0-9_+.\-:]{1,900}$")
+
+
+def round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def encode_tag(key: str, value: str) -> str:
+    """``key=value`` when LVM can hold ``value`` as it is, else ``key.hex=<hex>``."""
+    if _PLAIN.match(value):
+        return f"{key}={value}"
+    return f"{key}.hex={value.encode().hex()}"
+
+
+def decode_tags(tags: Iterable[str], key: str) -> list[str]:
+    values = []
+    for tag in tags:
+        if tag.startswith(f"{key}="):
+            values.append(tag[len(key) + 1 :])
+        elif tag.startswith(f"{key}.hex="):
+            try:
+                values.append(bytes.fromhex(tag[len(key) + 5 :]).decode())
+            except ValueError:
+                logger.warning("ignoring malformed LV tag {tag!r}", tag=tag)
+    return values
+
+
+def owned(lv: LogicalVolume) -> bool:
+    return TAG_OWNER in lv.tags and is_volume_id(lv.name) and not lv.hidden
+
+
+def parse_type(parameters: Mapping[str, str], default_thin: bool, has_pool: bool) -> bool:
+    """Whether the parameters ask for a thin volume; unknown keys are an error."""
+    thin = default_thin
+    for key, value in parameters.items():
+        if key == PARAM_TYPE:
+            if value not in ("thick", "thin"):
+                raise errors.UnsupportedParameter(f"{PARAM_TYPE} must be 'thick' or 'thin', not {value!r}")
+            thin = value == "thin"
+        elif not key.startswith(IGNORED_PARAM_PREFIXES):
+            raise errors.UnsupportedParameter(f"unknown parameter {key!r} for the lvm backend")
+    if thin and not has_pool:
+        raise errors.UnsupportedParameter(f"{PARAM_TYPE}=thin needs a thin pool (--lvm-thinpool)")
+    return thin
+
+
+def condition_of(lv: LogicalVolume, pool: LogicalVolume | None) -> Condition:
+    problem = lv.problem()
+    if problem is None and lv.thin and pool is not None:
+        pool_problem = pool.problem()
+        if pool_problem:
+            problem = f"thin pool {pool.name}: {pool_problem}"
+    if problem:
+        return Condition(abnormal=True, message=problem)
+    return Condition(message="volume is healthy" if lv.active else "volume is healthy (inactive)")
+
+
+def to_volume(lv: LogicalVolume, condition: Condition | None = None) -> Volume:
+    names = decode_tags(lv.tags, TAG_NAME)
+    return Volume(
+        volume_id=lv.name,
+        name=names[0] if names else "",
+        capacity_bytes=lv.size_bytes,
+        context={CONTEXT_BACKEND: "lvm", CONTEXT_PROVISIONING: "thin" if lv.thin else "thick"},
+        published_node_ids=tuple(sorted(decode_tags(lv.tags, TAG_PUBLISHED))),
+        condition=condition or condition_of(lv, None),
+    )
+
+
+class LvmBackend:
+    """Volumes as logical volumes of one volume group (thick, or thin in one pool)."""
+
+    name: ClassVar[str] = "lvm"
+
+    def __init__(self, node_id: str, vg: str, thinpool: str | None, runner: Runner, overprovision: float = 1.0) -> None:
+        if not vg:
+            raise errors.InvalidArgument("the lvm backend needs a volume group (--lvm-vg)")
+        if overprovision < 1.0:
+            raise errors.InvalidArgument("the thin overprovisioning ratio must be at least 1.0")
+        self._node_id = node_id
+        self._vg = vg
+        self._pool = thinpool or None
+        self._ratio = overprovision
+        self._lvm = Lvm(runner)
+        self._runner = runner
+        self._extent = 4 * MIB
+        self._index: dict[str, LogicalVolume] = {}
+        self._pool_lock = anyio.Lock()
+        self._features = Features(
+            block=True,
+            filesystem=True,
+            expansion=True,
+            snapshots=False,
+            clones=False,
+            fs_types=("ext4", "xfs"),
+            min_fs_bytes=MIN_FS_BYTES,
+        )
+
+    @property
+    def features(self) -> Features:
+        return self._features
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def volume_group(self) -> str:
+        return self._vg
+
+    @property
+    def thinpool(self) -> str | None:
+        return self._pool
+
+    # lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            version = await self._lvm.version()
+        except CommandError as exc:
+            raise errors.Unavailable(f"the LVM tools do not run here: {exc}") from exc
+        vg = await self._checked_vg()
+        self._extent = vg.extent_size_bytes
+        await self._checked_pool()
+        self._index = {lv.name: lv for lv in await self._lvm.logical_volumes(self._vg) if owned(lv)}
+        logger.info(
+            "lvm backend on VG {vg} (pool {pool}, {lvm}): {n} volumes",
+            vg=self._vg,
+            pool=self._pool,
+            lvm=version,
+            n=len(self._index),
+        )
+
+    async def _checked_vg(self) -> VolumeGroup:
+        try:
+            vg = await self._lvm.volume_group(self._vg)
+        except VolumeGroupNotFound as exc:
+            raise errors.Unavailable(f"volume group {self._vg!r} does not exist on this node") from exc
+        if vg.partial:
+            logger.warning("volume group {vg} is missing {n} PV(s)", vg=self._vg, n=vg.missing_pv_count)
+        return vg
+
+    async def _checked_pool(self) -> LogicalVolume | None:
+        if self._pool is None:
+            return None
+        pool = await self._lvm.logical_volume(self._vg, self._pool)
+        if pool is None or not pool.thin_pool:
+            raise errors.Unavailable(f"{self._vg}/{self._pool} is not a thin pool")
+        return pool
+
+    async def close(self) -> None:
+        return None
+
+    async def check_health(self) -> None:
+        await self._checked_vg()
+        pool = await self._checked_pool()
+        if pool is not None and pool.problem():
+            raise errors.Unavailable(f"thin pool {self._vg}/{self._pool}: {pool.problem()}")
+
+    # lookups ----------------------------------------------------------------
+    async def _lookup(self, volume_id: str) -> LogicalVolume | None:
+        """Our LV for ``volume_id`` as LVM has it now (and the index updated)."""
+        if not is_volume_id(volume_id):
+            return None
+        lv = await self._lvm.logical_volume(self._vg, volume_id)
+        if lv is None or not owned(lv):
+            self._index.pop(volume_id, None)
+            return None
+        self._index[volume_id] = lv
+        return lv
+
+    async def _require(self, volume_id: str) -> LogicalVolume:
+        lv = await self._lookup(volume_id)
+        if lv is None:
+            raise errors.VolumeNotFound(volume_id)
+        return lv
+
+    # controller -----------------------------------------------------------
+    def _size_for(self, spec: VolumeSpec) -> int:
+        minimum = MIN_FS_BYTES.get(spec.fs_type, self._extent)
+        wanted = spec.required_bytes or (
+            min(DEFAULT_SIZE_BYTES, spec.limit_bytes) if spec.limit_bytes else DEFAULT_SIZE_BYTES
+        )
+        size = round_up(max(wanted, minimum, 1), self._extent)
+        if spec.limit_bytes and size > spec.limit_bytes:
+            raise errors.OutOfRange(
+                f"the smallest volume this backend can make for the request is {size} bytes (whole "
+                f"{self._extent}-byte extents), above the limit of {spec.limit_bytes} bytes"
+            )
+        return size
+
+    async def create_volume(self, spec: VolumeSpec) -> Volume:
+        thin = parse_type(spec.parameters, self._pool is not None, self._pool is not None)
+        if spec.source is not None:
+            raise errors.InvalidArgument("creating a volume from a snapshot or volume is not supported yet")
+        volume_id = spec.volume_id
+        existing = await self._lvm.logical_volume(self._vg, volume_id)
+        if existing is not None:
+            return self._check_compatible(existing, spec, thin)
+        size = self._size_for(spec)
+        tags = [TAG_OWNER, TAG_FORMAT, encode_tag(TAG_NAME, spec.name)]
+        if thin:
+            assert self._pool is not None
+            async with self._pool_lock:
+                await self._reserve_thin(size)
+                await self._lvm.create_thin(self._vg, self._pool, volume_id, size, tags)
+        else:
+            await self._lvm.create_linear(self._vg, volume_id, size, tags)
+        with anyio.CancelScope(shield=True):
+            # Active exactly while staged: undo lvcreate's activation.
+            await self._lvm.deactivate(self._vg, volume_id)
+            lv = await self._require(volume_id)
+        logger.info(
+            "created {kind} LV {vg}/{id} of {size} bytes for {name!r}",
+            kind="thin" if thin else "thick",
+            vg=self._vg,
+            id=volume_id,
+            size=lv.size_bytes,
+            name=spec.name,
+        )
+        return to_volume(lv)
+
+    def _check_compatible(self, lv: LogicalVolume, spec: VolumeSpec, thin: bool) -> Volume:
+        if not owned(lv):
+            raise errors.VolumeConflict(f"an LV {self._vg}/{lv.name} not created by localcsi is in the way")
+        if spec.name not in decode_tags(lv.tags, TAG_NAME):
+            raise errors.VolumeConflict(f"volume id {lv.name} belongs to another name")
+        if spec.required_bytes and lv.size_bytes < spec.required_bytes:
+            raise errors.VolumeConflict(
+                f"volume {spec.name!r} exists with {lv.size_bytes} bytes, less than the {spec.required_bytes} "
+                "bytes asked for"
+            )
+        if spec.limit_bytes and lv.size_bytes > spec.limit_bytes:
+            raise errors.VolumeConflict(
+                f"volume {spec.name!r} exists with {lv.size_bytes} bytes, more than the limit of "
+                f"{spec.limit_bytes} bytes"
+            )
+        if lv.thin != thin:
+            raise errors.VolumeConflict(f"volume {spec.name!r} exists as a {'thin' if lv.thin else 'thick'} LV")
+        self._index[lv.name] = lv
+        return to_volume(lv)
+
+    async def _thin_available(self) -> tuple[int, LogicalVolume]:
+        """Bytes of virtual size the pool may still hand out, and the pool."""
+        lvs = await self._lvm.logical_volumes(self._vg)
+        pool = next((lv for lv in lvs if lv.name == self._pool and lv.thin_pool), None)
+        if pool is None:
+            raise errors.Unavailable(f"thin pool {self._vg}/{self._pool} is gone")
+        committed = sum(lv.size_bytes for lv in lvs if lv.thin and lv.pool_lv == self._pool)
+        return max(0, int(pool.size_bytes * self._ratio) - committed), pool
+
+    async def _reserve_thin(self, size: int) -> None:
+        available, pool = await self._thin_available()
+        if pool.problem():
+            raise errors.CapacityExhausted(f"thin pool {self._vg}/{self._pool}: {pool.problem()}")
+        if size > available:
+            raise errors.CapacityExhausted(
+                f"thin pool {self._vg}/{self._pool} can take {available} more bytes at overprovisioning ratio "
+                f"{self._ratio:g}, not {size}"
+            )
+
+    async def delete_volume(self, volume_id: str) -> None:
+        lv = await self._lookup(volume_id)
+        if lv is None:
+            return
+        with contextlib.suppress(LogicalVolumeNotFound):
+            await self._lvm.remove(self._vg, volume_id)
+        self._index.pop(volume_id, None)
+        logger.info("deleted LV {vg}/{id}", vg=self._vg, id=volume_id)
+
+    async def get_volume(self, volume_id: str) -> Volume:
+        lv = await self._require(volume_id)
+        pool = await self._lvm.logical_volume(self._vg, lv.pool_lv) if lv.thin and lv.pool_lv else None
+        return to_volume(lv, condition_of(lv, pool))
+
+    async def list_volumes(self) -> list[Volume]:
+        return [to_volume(self._index[key]) for key in sorted(self._index)]
+
+    async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
+        thin = parse_type(parameters, self._pool is not None, self._pool is not None)
+        if thin:
+            available, _ = await self._thin_available()
+        else:
+            vg = await self._lvm.volume_group(self._vg)
+            available = vg.free_count * vg.extent_size_bytes
+        available -= available % self._extent
+        return Capacity(available_bytes=available, maximum_volume_bytes=available, minimum_volume_bytes=self._extent)
+
+    async def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> int:
+        lv = await self._require(volume_id)
+        new_size = round_up(required_bytes, self._extent)
+        if limit_bytes and new_size > limit_bytes:
+            raise errors.OutOfRange(f"{new_size} bytes (whole extents) exceeds the limit of {limit_bytes} bytes")
+        if new_size <= lv.size_bytes:
+            return lv.size_bytes
+        if lv.thin:
+            async with self._pool_lock:
+                await self._reserve_thin(new_size - lv.size_bytes)
+                await self._lvm.extend(self._vg, volume_id, new_size)
+        else:
+            await self._lvm.extend(self._vg, volume_id, new_size)
+        grown = await self._require(volume_id)
+        logger.info(
+            "grew LV {vg}/{id} from {old} to {new} bytes",
+            vg=self._vg,
+            id=volume_id,
+            old=lv.size_bytes,
+            new=grown.size_bytes,
+        )
+        return grown.size_bytes
+
+    async def publish_volume(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
+        lv = await self._require(volume_id)
+        if node_id != self._node_id:
+            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
+        if node_id not in decode_tags(lv.tags, TAG_PUBLISHED):
+            await self._lvm.change_tags(self._vg, volume_id, add=[encode_tag(TAG_PUBLISHED, node_id)])
+            await self._lookup(volume_id)
+        return {}
+
+    async def unpublish_volume(self, volume_id: str, node_id: str) -> None:
+        lv = await self._lookup(volume_id)
+        if lv is None:
+            return
+        stale = [
+            tag for tag in lv.tags
+            if (tag.startswith((f"{TAG_PUBLISHED}=", f"{TAG_PUBLISHED}.hex=")))
+            and (not node_id or decode_tags([tag], TAG_PUBLISHED) == [node_id])
+        ]  # fmt: skip
+        if stale:
+            await self._lvm.change_tags(self._vg, volume_id, delete=stale)
+            await self._lookup(volume_id)
+
+    # node -------------------------------------------------------------------
+    async def attach(self, volume_id: str, readonly: bool) -> str:
+        lv = await self._require(volume_id)
+        if not lv.active:
+            await self._lvm.activate(self._vg, volume_id)
+            lv = await self._require(volume_id)
+            logger.info("activated LV {vg}/{id}", vg=self._vg, id=volume_id)
+        return await self._lvm.device_node(lv)
+
+    async def device_path(self, volume_id: str) -> str | None:
+        lv = await self._lookup(volume_id)
+        if lv is None or not lv.active:
+            return None
+        for path in (lv.path, lv.dm_path):
+            if path and await anyio.Path(path).exists():
+                return path
+        return None
+
+    async def detach(self, volume_id: str) -> None:
+        lv = await self._lookup(volume_id)
+        if lv is None or not lv.active:
+            return
+        for path in (lv.path, lv.dm_path):
+            users = await paths.device_in_use(path) if path else []
+            if users:
+                raise errors.VolumeInUse(f"{path} of volume {volume_id} is still mounted at {', '.join(users)}")
+        await self._lvm.deactivate(self._vg, volume_id)
+        await self._lookup(volume_id)
+        logger.info("deactivated LV {vg}/{id}", vg=self._vg, id=volume_id)
+
+    async def refresh_device_size(self, volume_id: str) -> int:
+        device = await self.device_path(volume_id)
+        if device is None:
+            raise errors.PreconditionFailed(f"volume {volume_id} is not attached on this node")
+        # lvextend reloads the table of an active LV: the device already has its new size.
+        return await block_device_size(device)
+
+    # snapshots (not yet) ------------------------------------------------------
+    async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
+        raise errors.InvalidArgument("snapshots are not supported yet")
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        raise errors.InvalidArgument("snapshots are not supported yet")
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        raise errors.SnapshotNotFound(snapshot_id)
+
+    async def list_snapshots(self) -> list[Snapshot]:
+        return []
+
+
+def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> LvmBackend:
+    """The registry's factory: ``lvm_vg``, ``lvm_thinpool``, ``lvm_thin_overprovision``."""
+    return LvmBackend(
+        node_id,
+        str(options.get("lvm_vg") or ""),
+        str(options.get("lvm_thinpool") or "") or None,
+        runner,
+        overprovision=float(options.get("lvm_thin_overprovision") or 1.0),
+    )
