@@ -96,12 +96,15 @@ def run_serve(args: argparse.Namespace) -> int:
     import backends
     from backends.system.runner import ProcessRunner
     from csi.config import DriverConfig, Mode
+    from csi.metrics import parse_address
     from csi.server import DriverServer, Endpoint
 
     if not args.endpoint:
         return fail("--endpoint (or $CSI_ENDPOINT) is required")
     try:
         Endpoint.parse(args.endpoint)
+        if args.metrics_address:
+            parse_address(args.metrics_address)
     except ValueError as exc:
         return fail(str(exc))
     mode = Mode(args.mode)
@@ -145,13 +148,17 @@ def fail(message: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from csi import ctl
+    from csi import bench, ctl
 
     parser = argparse.ArgumentParser(prog="localcsi", description="CSI driver for Kubernetes local storage")
     parser.add_argument("--version", action="version", version=f"localcsi {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve(sub)
     ctl.add_parser(sub)
+    bench.add_parser(sub)
+    from csi import disks
+
+    disks.add_parser(sub)
     return parser
 
 
@@ -161,6 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "disks":
+        from csi import disks
+
+        return disks.run(args)
+    if args.command == "bench":
+        from csi import bench
+
+        return bench.run(args)
     from csi import ctl
 
     return ctl.run(args)

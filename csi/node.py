@@ -79,6 +79,9 @@ class NodeService(Servicer, csi.NodeBase):
                 await node.ensure_formatted(self.runner, device, access.fs_type)
             await node.ensure_mounted(device, staging, access.fs_type, options=access.mount_flags,
                                       readonly=access.read_only)
+            if not access.read_only:
+                # A volume restored or cloned into a larger size carries its source's smaller filesystem.
+                await node.ensure_filesystem_grown(self.runner, device, staging, access.fs_type)
         except errors.VolumeInUse as exc:
             raise errors.AlreadyExists(f"staging path holds an incompatible mount: {exc}") from exc
 

@@ -28,6 +28,7 @@ from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
 from csi.controller import ControllerService
 from csi.identity import IdentityService
+from csi.metrics import DriverMetrics
 from csi.node import NodeService
 from csi.rpc import Observer
 
@@ -98,6 +99,10 @@ class DriverServer:
         self.config = config
         self.backend = backend
         feats = features or (backend.features if backend is not None else Features())
+        self.metrics: DriverMetrics | None = None
+        if config.metrics_address and observer is None:
+            self.metrics = observer = DriverMetrics(backend, driver=config.driver_name, backend_name=config.backend,
+                                                    version=config.version)
         self.ctx = ServiceContext(config, feats, backend, observer=observer, path_prefixes=tuple(path_prefixes))
         self.services = build_services(self.ctx, runner)  # grpclib's Server binds the running loop: made in run()
         self.endpoint = Endpoint.parse(config.endpoint)
@@ -129,6 +134,8 @@ class DriverServer:
         async with anyio.create_task_group() as tg:
             self.ctx.supervisor.bind(tg)
             server = await self._listen()
+            if self.metrics is not None:
+                await tg.start(self.metrics.serve, self.config.metrics_address)
             if handle_signals:
                 tg.start_soon(self._wait_for_signal)
             await self.stopping.wait()

@@ -76,11 +76,25 @@ def _grow_xfs_sync(device: str, mount_point: str) -> tuple[int, int]:
         os.close(fd)
 
 
+def ext4_block_count(device: str) -> tuple[int, int]:
+    """(blocks, block size) from the ext4 superblock at byte 1024 of ``device``."""
+    with open(device, "rb", buffering=0) as dev:
+        raw = os.pread(dev.fileno(), 1024, 1024)
+    if len(raw) < 0x158 or raw[0x38:0x3A] != b"\x53\xef":
+        raise SyscallError("read ext4 superblock", errno.EINVAL, device, "no ext4 superblock found")
+    low, log_size = struct.unpack_from("<I", raw, 4)[0], struct.unpack_from("<I", raw, 24)[0]
+    incompat = struct.unpack_from("<I", raw, 0x60)[0]
+    high = struct.unpack_from("<I", raw, 0x150)[0] if incompat & 0x80 else 0  # INCOMPAT_64BIT
+    return (high << 32) | low, 1024 << log_size
+
+
 def _grow_ext4_sync(device: str, mount_point: str) -> tuple[int, int]:
-    """Returns (old, new) block counts as statvfs sees them."""
+    """Returns (old, new) block counts from the superblock; equal when there was nothing to grow."""
     device_bytes = _ioctl.device_size(device)
-    before = os.statvfs(mount_point)
-    new_blocks = device_bytes // before.f_bsize
+    blocks, block_bytes = ext4_block_count(device)
+    new_blocks = device_bytes // block_bytes
+    if new_blocks <= blocks:
+        return blocks, blocks
     fd = _open_dir(mount_point)
     try:
         fcntl.ioctl(fd, EXT4_IOC_RESIZE_FS, struct.pack("=Q", new_blocks))
@@ -93,7 +107,7 @@ def _grow_ext4_sync(device: str, mount_point: str) -> tuple[int, int]:
         raise SyscallError.from_oserror("ioctl EXT4_IOC_RESIZE_FS", mount_point, exc, detail) from exc
     finally:
         os.close(fd)
-    return before.f_blocks, os.statvfs(mount_point).f_blocks
+    return blocks, new_blocks
 
 
 async def _grow_with_tool(runner: Runner, device: str, mount_point: str, fs_type: str) -> None:

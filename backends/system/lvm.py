@@ -252,7 +252,11 @@ class Lvm:
         self.config = config
 
     async def run(self, tool: str, args: Sequence[str], *, timeout: float = LVM_TIMEOUT) -> Result:  # noqa: ASYNC109
+        """Run ``tool`` (an LVM command such as ``lvs``) with our ``--config`` and classify failures."""
         argv = [tool, "--config", self.config, *args] if self.config else [tool, *args]
+        return await self._run(argv, timeout)
+
+    async def _run(self, argv: Sequence[str], timeout: float) -> Result:  # noqa: ASYNC109
         try:
             return await self.runner.run(argv, timeout=timeout)
         except CommandError as exc:
@@ -263,7 +267,7 @@ class Lvm:
 
     # reports ------------------------------------------------------------
     async def version(self) -> str:
-        result = await self.run("lvm", ["version"])
+        result = await self._run(["lvm", "version"], LVM_TIMEOUT)
         return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
 
     async def volume_group(self, vg: str) -> VolumeGroup:

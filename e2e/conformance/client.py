@@ -43,10 +43,10 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(endpoint: str, timeout: float) -> AsyncIterator[Client]:
+async def connect(endpoint: str, rpc_timeout: float) -> AsyncIterator[Client]:
     channel = open_channel(endpoint)
     try:
-        yield Client(csi.IdentityStub(channel), csi.ControllerStub(channel), csi.NodeStub(channel), timeout)
+        yield Client(csi.IdentityStub(channel), csi.ControllerStub(channel), csi.NodeStub(channel), rpc_timeout)
     finally:
         channel.close()
 
@@ -84,6 +84,18 @@ def _plugin_caps(caps: list[csi.PluginCapability]) -> tuple[frozenset[PService],
     return frozenset(services), online, offline
 
 
+def is_unimplemented(exc: GRPCError) -> bool:
+    """UNIMPLEMENTED, as any client sees it.
+
+    A grpclib server answers an unknown method with a trailers-only response that
+    carries no content-type; grpclib's client checks content-type first and reports
+    UNKNOWN "Missing content-type header" instead of the grpc-status it was sent.
+    """
+    if exc.status is Status.UNIMPLEMENTED:
+        return True
+    return exc.status is Status.UNKNOWN and exc.message == "Missing content-type header"
+
+
 async def fetch_capabilities(client: Client) -> Capabilities:
     """Ask all three services; a service the plugin does not serve contributes nothing."""
     plugin = await client.identity.get_plugin_capabilities(csi.GetPluginCapabilitiesRequest(), timeout=client.timeout)
@@ -97,7 +109,7 @@ async def fetch_capabilities(client: Client) -> Capabilities:
     try:
         node_reply = await client.node.node_get_capabilities(csi.NodeGetCapabilitiesRequest(), timeout=client.timeout)
     except GRPCError as exc:
-        if exc.status is not Status.UNIMPLEMENTED:
+        if not is_unimplemented(exc):
             raise
         return Capabilities(services, online, offline, controller, frozenset(), node_service=False)
     node = frozenset(c.rpc.type for c in node_reply.capabilities if c.rpc is not None)

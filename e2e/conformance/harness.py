@@ -38,6 +38,8 @@ class Harness:
     caps: Capabilities
     config: SuiteConfig
     tracker: Tracker
+    access_mode: Mode = Mode.SINGLE_NODE_WRITER
+    sizes: dict[str, int] = field(default_factory=dict)
     _node_info: csi.NodeGetInfoResponse | None = field(default=None, init=False)
 
     # ---- gating -------------------------------------------------------------------------------
@@ -74,8 +76,9 @@ class Harness:
     def unique_name(what: str) -> str:
         return f"conformance-{what}-{uuid.uuid4().hex[:12]}"
 
-    def capability(self, mode: Mode = Mode.SINGLE_NODE_WRITER) -> csi.VolumeCapability:
-        access_mode = csi.VolumeCapabilityAccessMode(mode=mode)
+    def capability(self, mode: Mode | None = None) -> csi.VolumeCapability:
+        """The suite's access type with ``mode`` (default: the harness's ``access_mode``)."""
+        access_mode = csi.VolumeCapabilityAccessMode(mode=mode or self.access_mode)
         if self.config.access is AccessType.BLOCK:
             return csi.VolumeCapability(block=csi.VolumeCapabilityBlockVolume(), access_mode=access_mode)
         return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type=self.config.fs_type),
@@ -125,14 +128,19 @@ class Harness:
     async def register_volume(self, reply: csi.CreateVolumeResponse) -> None:
         if reply.volume is not None and reply.volume.volume_id:
             self.tracker.volumes[reply.volume.volume_id] = None
+            self.sizes[reply.volume.volume_id] = reply.volume.capacity_bytes
 
     async def register_snapshot(self, reply: csi.CreateSnapshotResponse) -> None:
         if reply.snapshot is not None and reply.snapshot.snapshot_id:
             self.tracker.snapshots[reply.snapshot.snapshot_id] = None
+            self.sizes[reply.snapshot.snapshot_id] = reply.snapshot.size_bytes
 
     async def create_volume(self, name: str | None = None, size_bytes: int | None = None,
                             source: csi.VolumeContentSource | None = None) -> csi.Volume:
         self.need_controller(CRpc.CREATE_DELETE_VOLUME)
+        if size_bytes is None and source is not None:
+            # A provisioner asks for at least the source's size; smaller is OUT_OF_RANGE by the spec.
+            size_bytes = max(self.config.volume_size_bytes, await self.source_size(source))
         req = await self.create_request(name or self.unique_name("vol"), size_bytes)
         req.volume_content_source = source
         reply = await self.client.controller.create_volume(req, timeout=self.client.timeout)
@@ -140,6 +148,18 @@ class Harness:
         assert reply.volume is not None, "CreateVolume answered OK without a volume"
         assert reply.volume.volume_id, "CreateVolume answered a volume without volume_id"
         return reply.volume
+
+    async def source_size(self, source: csi.VolumeContentSource) -> int:
+        """The size of a snapshot or volume the tracker knows about (0 if it cannot tell)."""
+        if source.snapshot is not None:
+            return self.sizes.get(source.snapshot.snapshot_id, 0)
+        if source.volume is not None:
+            return self.sizes.get(source.volume.volume_id, 0)
+        return 0
+
+    def grown_size(self, volume: csi.Volume) -> int:
+        """A size expansion specs grow ``volume`` to: the configured one, or more if the volume is already bigger."""
+        return max(self.config.expand_size_bytes, 2 * volume.capacity_bytes)
 
     async def delete_volume(self, volume_id: str) -> None:
         req = csi.DeleteVolumeRequest(volume_id=volume_id, secrets=dict(self.config.secrets))

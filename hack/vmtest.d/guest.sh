@@ -56,7 +56,7 @@ modprobe -d "$VMTEST_MODROOT" -S "$VMTEST_KVER" -a "${modules[@]}" \
 
 mapfile -d '' args < /run/vmtest/args || die "cannot read /run/vmtest/args"
 read -r uptime _ < /proc/uptime
-echo "vmtest: guest up after ${uptime}s (kernel $(uname -r)); running pytest ${args[*]}"
+echo "vmtest: guest up after ${uptime}s (kernel $(uname -r)); running ${args[*]}"
 echo "VMTEST-GUEST-READY"
 
 export HOME=/tmp LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -64,10 +64,16 @@ export LOCALCSI_VMTEST=1 VMTEST_OUT=/run/vmtest/out TMPDIR=/tmp
 mkdir -p "$VMTEST_OUT"
 cd "$VMTEST_REPO" || die "repository $VMTEST_REPO not visible in the guest"
 start=$(date +%s.%N)
-"$VMTEST_PYTHON" -m pytest -p no:cacheprovider "${args[@]}" < /dev/null
+if [ "${VMTEST_EXEC:-0}" = 1 ]; then
+    what="${args[0]}"
+    "${args[@]}" < /dev/null
+else
+    what=pytest
+    "$VMTEST_PYTHON" -m pytest -p no:cacheprovider "${args[@]}" < /dev/null
+fi
 rc=$?
 end=$(date +%s.%N)
-echo "vmtest: pytest finished with status $rc in $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')s"
+echo "vmtest: $what finished with status $rc in $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')s"
 echo "$rc" > /run/vmtest/rc
 trap - EXIT
 poweroff_now

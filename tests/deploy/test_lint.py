@@ -26,7 +26,7 @@ def test_the_shell_script_list_covers_the_lane_scripts() -> None:
 
 def test_shellcheck_reports_a_real_problem(tmp_path: Path) -> None:
     script = tmp_path / "bad.sh"
-    script.write_text('#!/bin/bash\nrm -rf $1/*\n')
+    script.write_text("#!/bin/bash\nrm -rf $1/*\n")
     errors = cm.run_linter([cm.find_tool("shellcheck"), str(script)])
     assert errors and "SC2086" in errors[0]
 
@@ -49,9 +49,21 @@ def test_workflows_parse_and_run_the_kind_suite_per_backend() -> None:
 
 def test_kind_suite_collects_offline() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         str(ROOT / "e2e/kind/tests")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "e2e/kind/tests"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test_data_survives_pod_recreation" in result.stdout

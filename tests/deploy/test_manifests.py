@@ -40,7 +40,8 @@ def container(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
 
 
 def consistency(docs: list[dict[str, Any]], backend: str = "loopfile") -> list[str]:
-    return cm.consistency_errors(docs, backend, cm.kubelet_dir_of(docs))
+    errors: list[str] = cm.consistency_errors(docs, backend, cm.kubelet_dir_of(docs))
+    return errors
 
 
 def test_every_backend_has_an_overlay() -> None:
@@ -52,8 +53,11 @@ def test_every_backend_has_an_overlay() -> None:
 def test_target_renders_the_whole_driver(target: Any) -> None:
     kinds = {d["kind"] for d in rendered(target.name)}
     assert {"CSIDriver", "DaemonSet", "Deployment", "StorageClass", "ServiceAccount", "ClusterRole"} <= kinds
-    assert all(d["metadata"].get("namespace") == "localcsi" for d in rendered(target.name)
-               if d["kind"] in ("DaemonSet", "Deployment", "ServiceAccount", "Role", "RoleBinding"))
+    assert all(
+        d["metadata"].get("namespace") == "localcsi"
+        for d in rendered(target.name)
+        if d["kind"] in ("DaemonSet", "Deployment", "ServiceAccount", "Role", "RoleBinding")
+    )
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
@@ -72,13 +76,16 @@ def test_snapshot_classes_only_where_the_backend_has_snapshots() -> None:
     assert any(d["kind"] == "VolumeSnapshotClass" for d in rendered("deploy/overlays/lvm"))
     raw = fresh("deploy/overlays/rawdisk")
     assert not any(d["kind"] == "VolumeSnapshotClass" for d in raw)
-    assert "csi-snapshotter" not in [c["name"] for c in find(raw, "DaemonSet")["spec"]["template"]["spec"]["containers"]]
+    node_containers = find(raw, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    assert "csi-snapshotter" not in [c["name"] for c in node_containers]
 
 
 @pytest.mark.parametrize(
     ("example", "kubelet_dir"),
-    [("deploy/examples/loopfile-k0s", "/var/lib/k0s/kubelet"),
-     ("deploy/examples/lvm-microk8s", "/var/snap/microk8s/common/var/lib/kubelet")],
+    [
+        ("deploy/examples/loopfile-k0s", "/var/lib/k0s/kubelet"),
+        ("deploy/examples/lvm-microk8s", "/var/snap/microk8s/common/var/lib/kubelet"),
+    ],
 )
 def test_kubelet_dir_components_move_every_kubelet_path(example: str, kubelet_dir: str) -> None:
     docs = list(rendered(example))

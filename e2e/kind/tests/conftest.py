@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
 
 from e2e.kind.tests.kube import Backend, Kube, wait_until
 
@@ -28,10 +27,13 @@ def kube(backend: Backend) -> Iterator[Kube]:
     """A fresh namespace for one test; deleted (with its claims, hence its volumes) afterwards."""
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     kube = Kube.connect(namespace)
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     try:
         yield kube
     finally:
         kube.core.delete_namespace(namespace)
-        wait_until(lambda: namespace not in {n.metadata.name for n in kube.core.list_namespace().items},
-                   300, f"namespace {namespace} deleted")
+        wait_until(
+            lambda: namespace not in {n.metadata.name for n in kube.core.list_namespace().items},
+            300,
+            f"namespace {namespace} deleted",
+        )

@@ -2,7 +2,9 @@
 
 Every wait polls with a deadline and fails with the last state it saw.
 Objects are built as plain dicts (the API's own shape) so a reader can map
-them one to one onto YAML.
+them one to one onto YAML. The API clients are held as ``Any``: the generated
+models mark every field optional, and the suite reads fields the API server
+always sets once an object exists.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
 DRIVER_NAME = "localcsi.dev"
@@ -48,15 +50,17 @@ class Backend:
 class Kube:
     """API clients plus the namespace a test owns."""
 
-    core: client.CoreV1Api
-    storage: client.StorageV1Api
-    custom: client.CustomObjectsApi
+    core: Any
+    storage: Any
+    custom: Any
     namespace: str
     image: str
 
     @classmethod
     def connect(cls, namespace: str) -> Kube:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        """Clients for the cluster in $KUBECONFIG, acting in ``namespace``."""
+        load: Any = config.load_kube_config
+        load(config_file=os.environ.get("KUBECONFIG"))
         return cls(
             core=client.CoreV1Api(),
             storage=client.StorageV1Api(),
@@ -125,21 +129,21 @@ class Kube:
 
     # --- waits -----------------------------------------------------------------------------
 
-    def wait_pod_running(self, name: str, timeout_s: float = 240) -> client.V1Pod:
-        def running() -> client.V1Pod | None:
+    def wait_pod_running(self, name: str, timeout_s: float = 240) -> Any:
+        def running() -> Any:
             pod = self.core.read_namespaced_pod(name, self.namespace)
             return pod if pod.status.phase == "Running" else None
 
         return wait_until(running, timeout_s, f"pod {name} Running")
 
-    def wait_pvc_bound(self, name: str, timeout_s: float = 240) -> client.V1PersistentVolumeClaim:
-        def bound() -> client.V1PersistentVolumeClaim | None:
+    def wait_pvc_bound(self, name: str, timeout_s: float = 240) -> Any:
+        def bound() -> Any:
             pvc = self.core.read_namespaced_persistent_volume_claim(name, self.namespace)
             return pvc if pvc.status.phase == "Bound" else None
 
         return wait_until(bound, timeout_s, f"claim {name} Bound")
 
-    def pv_of(self, claim: str) -> client.V1PersistentVolume:
+    def pv_of(self, claim: str) -> Any:
         pvc = self.core.read_namespaced_persistent_volume_claim(claim, self.namespace)
         return self.core.read_persistent_volume(pvc.spec.volume_name)
 
@@ -176,12 +180,13 @@ class Kube:
 
     def wait_snapshot_ready(self, name: str, timeout_s: float = 240) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
-            snap: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            snap: Any = self.custom.get_namespaced_custom_object(
                 "snapshot.storage.k8s.io", "v1", self.namespace, "volumesnapshots", name
             )
             return snap if snap.get("status", {}).get("readyToUse") else None
 
-        return wait_until(ready, timeout_s, f"snapshot {name} readyToUse")
+        snapshot: dict[str, Any] = wait_until(ready, timeout_s, f"snapshot {name} readyToUse")
+        return snapshot
 
     # --- capacity --------------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class Kube:
         return None
 
 
-def wait_until(probe: Callable[[], T | None | bool], timeout_s: float, what: str) -> T:
+def wait_until(probe: Callable[[], T | bool | None], timeout_s: float, what: str) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -208,7 +213,7 @@ def wait_until(probe: Callable[[], T | None | bool], timeout_s: float, what: str
                 raise
         else:
             if last:
-                return last  # type: ignore[return-value]
+                return cast(T, last)
         time.sleep(POLL_S)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; last seen: {last!r}")
 

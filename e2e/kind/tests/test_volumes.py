@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from kubernetes import client
 
 from e2e.kind.tests.kube import DRIVER_NAME, TOPOLOGY_KEY, Backend, Kube, wait_until
 
@@ -15,6 +14,16 @@ def start_writer(kube: Kube, backend: Backend, claim: str = "data", size: str = 
     kube.create_pvc(claim, backend.storage_class, size)
     kube.create_pod("writer", claim)
     return str(kube.wait_pod_running("writer").spec.node_name)
+
+
+def published_capacity(kube: Kube, backend: Backend, node: str) -> int:
+    """Wait for the node's provisioner to publish a capacity for the class; return it."""
+
+    def probe() -> int | None:
+        return kube.capacity_bytes(backend.storage_class, node)
+
+    capacity: int = wait_until(probe, 120, f"CSIStorageCapacity of {node}")
+    return capacity
 
 
 def test_data_survives_pod_recreation(kube: Kube, backend: Backend) -> None:
@@ -42,11 +51,9 @@ def test_late_binding_puts_the_volume_on_the_pods_node(kube: Kube, backend: Back
 
 
 def test_storage_capacity_is_published_and_shrinks(kube: Kube, backend: Backend) -> None:
-    workers = [n.metadata.name for n in kube.core.list_node().items
-               if TOPOLOGY_KEY in (n.metadata.labels or {})]
+    workers = [n.metadata.name for n in kube.core.list_node().items if TOPOLOGY_KEY in (n.metadata.labels or {})]
     assert workers, "no node carries the topology label: the node plugin did not register"
-    before = {n: wait_until(lambda n=n: kube.capacity_bytes(backend.storage_class, n), 120,
-                            f"CSIStorageCapacity of {n}") for n in workers}
+    before = {n: published_capacity(kube, backend, n) for n in workers}
     node = start_writer(kube, backend, size="256Mi")
     kube.exec("writer", "dd if=/dev/zero of=/data/fill bs=1M count=200 conv=fsync")
 
@@ -123,6 +130,6 @@ def test_read_write_once_pod_admits_one_pod(kube: Kube, backend: Backend) -> Non
 def test_volume_attachment_names_the_node(kube: Kube, backend: Backend) -> None:
     node = start_writer(kube, backend)
     pv = kube.pv_of("data").metadata.name
-    attachments = client.StorageV1Api().list_volume_attachment().items
+    attachments = kube.storage.list_volume_attachment().items
     mine = [a for a in attachments if a.spec.source.persistent_volume_name == pv]
     assert [(a.spec.attacher, a.spec.node_name, a.status.attached) for a in mine] == [(DRIVER_NAME, node, True)]

@@ -1,0 +1,463 @@
+"""The ``rawdisk`` backend: each volume is one whole disk from an allow-list.
+
+Only devices matching a ``--rawdisk-device`` glob are ever looked at, and of
+those only the eligible ones (see :mod:`backends.rawdisk_inventory`) are ever
+written. CreateVolume claims the best-fitting free disk (the smallest that
+satisfies the capacity range) by writing our GPT with one partition named
+after the volume (:mod:`backends.rawdisk_claim`); the volume's data lives in
+that partition and its capacity is the partition's size. The driver keeps no
+other state: at start-up, and again whenever the kernel reports a block device
+appearing, changing or vanishing (a uevent listener started in :meth:`start`),
+the inventory and the volume index are rebuilt from the disks themselves.
+
+Attach exposes the partition range: the kernel's partition device when the
+kernel parses partition tables (real nodes), otherwise a direct-I/O loop device
+with offset and size limit over the disk (kernels without partition support).
+Either way the device returned starts at the partition's first byte.
+
+ControllerPublish records the publishing node in the claim's on-disk record
+(the JSON block in the GPT alignment gap), so publications survive a restart
+without any state directory. A claimed disk that disappears keeps its volume
+in the index with an abnormal condition until it returns (under any name).
+
+Expansion is impossible for a whole disk; ``Features(expansion=False)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from loguru import logger
+
+from backends import errors, paths, rawdisk_claim
+from backends.base import Capacity, Condition, Features, Snapshot, Volume, VolumeSpec
+from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, inspect_one, scan
+from backends.system import disks, gpt, loop, uevents
+from backends.system.runner import Runner, require_tools
+
+MIB = 1 << 20
+MIN_FS_BYTES: Mapping[str, int] = {"xfs": 300 * MIB, "ext4": 16 * MIB}
+IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
+CONTEXT_BACKEND = "localcsi.dev/backend"
+CONTEXT_DISK = "localcsi.dev/disk"
+#: How long hotplug events are gathered before one rescan.
+RESCAN_DELAY = 0.2
+#: How long attach waits for the kernel's partition device node to appear.
+PARTITION_NODE_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    claim: rawdisk_claim.Claim
+    disk: Disk
+    present: bool = True
+
+    def to_volume(self) -> Volume:
+        condition = Condition() if self.present else Condition(
+            abnormal=True, message=f"disk {self.disk.path} ({self.disk.real_path}) of this volume has disappeared")
+        return Volume(
+            volume_id=self.claim.volume_id,
+            name=self.claim.record.name,
+            capacity_bytes=self.claim.partition_bytes,
+            context={CONTEXT_BACKEND: "rawdisk", CONTEXT_DISK: self.disk.path},
+            published_node_ids=self.claim.record.published_node_ids,
+            condition=condition,
+        )
+
+
+def check_parameters(parameters: Mapping[str, str]) -> None:
+    for key in parameters:
+        if not key.startswith(IGNORED_PARAM_PREFIXES):
+            raise errors.UnsupportedParameter(f"unknown parameter {key!r} for the rawdisk backend")
+
+
+def pick_disk(free: list[Disk], required_bytes: int, limit_bytes: int) -> Disk:
+    """Best fit: the smallest free disk whose volume would satisfy the range (ties: allow-list order)."""
+    big_enough = [d for d in free if d.capacity_bytes >= required_bytes]
+    fitting = [d for d in big_enough if not limit_bytes or d.capacity_bytes <= limit_bytes]
+    if fitting:
+        return min(fitting, key=lambda d: d.capacity_bytes)
+    if big_enough:
+        raise errors.OutOfRange(
+            f"every free disk large enough for {required_bytes} bytes is larger than the limit of {limit_bytes} "
+            f"bytes (smallest: {min(d.capacity_bytes for d in big_enough)} bytes); a disk cannot be split"
+        )
+    largest = max((d.capacity_bytes for d in free), default=0)
+    raise errors.CapacityExhausted(
+        f"no free disk provides {required_bytes} bytes ({len(free)} free, largest {largest} bytes)"
+    )
+
+
+class RawdiskBackend:
+    """Whole disks as volumes, claimed with an on-disk GPT mark."""
+
+    name: ClassVar[str] = "rawdisk"
+
+    def __init__(self, node_id: str, patterns: tuple[str, ...], runner: Runner, *,
+                 min_bytes: int = DEFAULT_MIN_BYTES, watch: bool = True) -> None:
+        self._node_id = node_id
+        self._patterns = patterns
+        self._runner = runner
+        self._min_bytes = min_bytes
+        self._watch = watch
+        self._disks: dict[str, Disk] = {}
+        self._volumes: dict[str, VolumeEntry] = {}
+        self._loops: dict[str, loop.LoopDevice] = {}
+        #: Serialises scans, claims and wipes: the pool of disks is one shared resource.
+        self._lock = anyio.Lock()
+        self._dirty = anyio.Event()
+        self._scans = 0
+        self._tg: TaskGroup | None = None
+        self._features = Features(block=True, filesystem=True, expansion=False, snapshots=False, clones=False,
+                                  fs_types=("ext4", "xfs"), min_fs_bytes=MIN_FS_BYTES)
+
+    @property
+    def features(self) -> Features:
+        return self._features
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def scans(self) -> int:
+        """How many inventory scans have completed (tests wait on it)."""
+        return self._scans
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> None:
+        if not self._patterns:
+            raise errors.Unavailable("the rawdisk backend needs at least one --rawdisk-device pattern")
+        require_tools(["blkid", "mkfs.ext4", "mkfs.xfs"])
+        await self.rescan()
+        wanted = {(e.disk.real_path, e.claim.partition_offset): vid for vid, e in self._volumes.items()}
+        for dev in await loop.list_attached():
+            volume_id = wanted.get((dev.backing_file, dev.offset))
+            if volume_id is not None:
+                self._loops[volume_id] = dev
+        if self._watch:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            await self._tg.start(self._listen)
+            self._tg.start_soon(self._rescan_on_events)
+        counts = {s: sum(1 for d in self._disks.values() if d.state is s) for s in State}
+        logger.info("rawdisk backend ready: {} disks matched ({} free, {} claimed, {} excluded), {} attached",
+                    len(self._disks), counts[State.FREE], counts[State.CLAIMED], counts[State.EXCLUDED],
+                    len(self._loops))
+
+    async def close(self) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    async def check_health(self) -> None:
+        return None
+
+    # -- inventory ----------------------------------------------------------
+    async def rescan(self) -> None:
+        """Rebuild the disk inventory and the volume index from the disks."""
+        async with self._lock:
+            await self._rescan_locked()
+
+    async def _rescan_locked(self) -> None:
+        found = await scan(self._runner, self._patterns, min_bytes=self._min_bytes)
+        self._disks = {d.real_path: d for d in found}
+        seen: set[str] = set()
+        for disk in found:
+            if disk.claim is None:
+                continue
+            seen.add(disk.claim.volume_id)
+            if self._volumes.get(disk.claim.volume_id, None) is None:
+                logger.info("found volume {} on {}", disk.claim.volume_id, disk.path)
+            self._volumes[disk.claim.volume_id] = VolumeEntry(disk.claim, disk)
+        for volume_id, entry in list(self._volumes.items()):
+            if volume_id not in seen and entry.present:
+                logger.warning("disk {} of volume {} has disappeared", entry.disk.path, volume_id)
+                self._volumes[volume_id] = replace(entry, present=False)
+        self._scans += 1
+
+    def inventory(self) -> list[Disk]:
+        return list(self._disks.values())
+
+    async def _listen(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            try:
+                async with uevents.uevent_monitor("block") as events:
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async for event in events:
+                        if event.devtype == "disk" and event.action in ("add", "remove", "change"):
+                            logger.debug("uevent {} {}: rescanning disks", event.action, event.devname)
+                            self._dirty.set()
+            except Exception as exc:  # the listener must outlive a broken socket
+                logger.warning("uevent listener failed ({}); restarting in 1 s", exc)
+                if not started:
+                    started = True
+                    task_status.started()
+                await anyio.sleep(1.0)
+
+    async def _rescan_on_events(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await anyio.sleep(RESCAN_DELAY)
+            self._dirty = anyio.Event()
+            try:
+                await self.rescan()
+            except Exception as exc:
+                logger.warning("disk rescan failed: {}", exc)
+
+    # -- controller ---------------------------------------------------------
+    def _required(self, spec: VolumeSpec) -> int:
+        return max(spec.required_bytes, MIN_FS_BYTES.get(spec.fs_type, 0) if spec.fs_type else 0, 1)
+
+    async def create_volume(self, spec: VolumeSpec) -> Volume:
+        check_parameters(spec.parameters)
+        if spec.source is not None:
+            raise errors.InvalidArgument("the rawdisk backend cannot create a volume from a snapshot or volume")
+        existing = self._volumes.get(spec.volume_id)
+        if existing is not None:
+            return self._check_compatible(existing, spec)
+        async with self._lock:
+            existing = self._volumes.get(spec.volume_id)
+            if existing is not None:
+                return self._check_compatible(existing, spec)
+            free = [d for d in self._disks.values() if d.state is State.FREE]
+            disk = pick_disk(free, self._required(spec), spec.limit_bytes)
+            entry = await self._claim(disk, spec)
+        logger.info("volume {} claimed {} ({} bytes)", spec.volume_id, disk.path, entry.claim.partition_bytes)
+        return entry.to_volume()
+
+    def _check_compatible(self, existing: VolumeEntry, spec: VolumeSpec) -> Volume:
+        size = existing.claim.partition_bytes
+        name = existing.claim.record.name
+        if name and name != spec.name:
+            raise errors.VolumeConflict(f"volume id {existing.claim.volume_id} belongs to another name")
+        if spec.required_bytes and size < spec.required_bytes:
+            raise errors.VolumeConflict(
+                f"volume {spec.name!r} exists with {size} bytes, less than the {spec.required_bytes} bytes asked for")
+        if spec.limit_bytes and size > spec.limit_bytes:
+            raise errors.VolumeConflict(
+                f"volume {spec.name!r} exists with {size} bytes, more than the limit of {spec.limit_bytes} bytes")
+        return existing.to_volume()
+
+    async def _claim(self, disk: Disk, spec: VolumeSpec) -> VolumeEntry:
+        """Re-check the disk right before writing (it may have changed since the scan), then claim it."""
+        fresh = await self._reinspect(disk)
+        if fresh.state is not State.FREE:
+            self._disks[disk.real_path] = fresh
+            raise errors.Busy(f"disk {disk.path} changed since it was inventoried ({fresh.reason}); retry")
+        layout = gpt.Layout(fresh.size_bytes, fresh.sector_bytes)
+        record = rawdisk_claim.Record(spec.volume_id, spec.name, datetime.now(UTC).isoformat())
+        await anyio.to_thread.run_sync(rawdisk_claim.write, fresh.real_path, layout, record)
+        await anyio.to_thread.run_sync(gpt.reread_partitions, fresh.real_path)
+        claimed = await self._reinspect(fresh)
+        if claimed.claim is None or claimed.claim.volume_id != spec.volume_id:
+            raise errors.SystemFailure(f"claiming {disk.path} did not stick: it now {claimed.reason}")
+        self._disks[disk.real_path] = claimed
+        entry = VolumeEntry(claimed.claim, claimed)
+        self._volumes[spec.volume_id] = entry
+        return entry
+
+    async def _reinspect(self, disk: Disk) -> Disk:
+        facts = await anyio.to_thread.run_sync(disks.inspect_all, [disk.real_path])
+        match = disks.Match(disk.pattern, disk.path, disk.real_path)
+        return await inspect_one(self._runner, match, facts[disk.real_path], min_bytes=self._min_bytes)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        entry = self._volumes.get(volume_id)
+        if entry is None:
+            return
+        await self._check_unused(entry)
+        async with self._lock:
+            entry = self._volumes.get(volume_id)
+            if entry is None:
+                return
+            if not entry.present:
+                raise errors.PreconditionFailed(
+                    f"disk {entry.disk.path} of volume {volume_id} is not present, so it cannot be wiped; "
+                    "reconnect it, or wipe it by hand and delete the volume again")
+            disk = entry.disk
+            current = await self._reinspect(disk)
+            if current.claim is None or current.claim.volume_id != volume_id:
+                raise errors.PreconditionFailed(
+                    f"disk {disk.path} no longer carries volume {volume_id}: it {current.reason}")
+            await anyio.to_thread.run_sync(
+                lambda: rawdisk_claim.wipe(disk.real_path, entry.claim, disk.size_bytes, discard=disk.discard))
+            await anyio.to_thread.run_sync(gpt.reread_partitions, disk.real_path)
+            self._volumes.pop(volume_id, None)
+            self._disks[disk.real_path] = await self._reinspect(disk)
+        logger.info("volume {} deleted; disk {} wiped and returned to the pool", volume_id, disk.path)
+
+    async def _check_unused(self, entry: VolumeEntry) -> None:
+        """A loop view must be detached (unstaged); a kernel partition device must not be mounted."""
+        volume_id = entry.claim.volume_id
+        device = await self.device_path(volume_id)
+        if device is None:
+            return
+        if volume_id in self._loops:
+            raise errors.VolumeInUse(f"volume {volume_id} is still attached as {device}; unstage it first")
+        users = await paths.device_in_use(device)
+        if users:
+            raise errors.VolumeInUse(f"volume {volume_id} ({device}) is still mounted at {', '.join(users)}")
+
+    async def get_volume(self, volume_id: str) -> Volume:
+        entry = self._volumes.get(volume_id)
+        if entry is None:
+            raise errors.VolumeNotFound(volume_id)
+        return entry.to_volume()
+
+    async def list_volumes(self) -> list[Volume]:
+        return [self._volumes[k].to_volume() for k in sorted(self._volumes)]
+
+    async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
+        check_parameters(parameters)
+        sizes = [d.capacity_bytes for d in self._disks.values() if d.state is State.FREE]
+        return Capacity(available_bytes=sum(sizes), maximum_volume_bytes=max(sizes, default=0),
+                        minimum_volume_bytes=min(sizes, default=0))
+
+    async def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> int:
+        entry = self._volumes.get(volume_id)
+        if entry is None:
+            raise errors.VolumeNotFound(volume_id)
+        if required_bytes <= entry.claim.partition_bytes:
+            return entry.claim.partition_bytes
+        raise errors.OutOfRange(f"volume {volume_id} is a whole disk of {entry.claim.partition_bytes} bytes; "
+                                "it cannot grow")
+
+    async def publish_volume(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
+        entry = self._present(volume_id)
+        if node_id != self._node_id:
+            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
+        record = entry.claim.record
+        if node_id not in record.published_node_ids:
+            await self._update_record(entry, replace(record, published_node_ids=(*record.published_node_ids,
+                                                                                 node_id)))
+        return {}
+
+    async def unpublish_volume(self, volume_id: str, node_id: str) -> None:
+        entry = self._volumes.get(volume_id)
+        if entry is None or not entry.present:
+            return
+        record = entry.claim.record
+        remaining = tuple(n for n in record.published_node_ids if node_id and n != node_id)
+        if remaining != record.published_node_ids:
+            await self._update_record(entry, replace(record, published_node_ids=remaining))
+
+    async def _update_record(self, entry: VolumeEntry, record: rawdisk_claim.Record) -> None:
+        if not record.volume_id:
+            record = replace(record, volume_id=entry.claim.volume_id)
+        await anyio.to_thread.run_sync(rawdisk_claim.update_record, entry.disk.real_path, record)
+        claim = entry.claim.with_record(record)
+        self._volumes[claim.volume_id] = replace(entry, claim=claim)
+
+    def _present(self, volume_id: str) -> VolumeEntry:
+        entry = self._volumes.get(volume_id)
+        if entry is None:
+            raise errors.VolumeNotFound(volume_id)
+        if not entry.present:
+            raise errors.Unavailable(f"disk {entry.disk.path} of volume {volume_id} is not present on this node")
+        return entry
+
+    # -- node ---------------------------------------------------------------
+    async def _partition_device(self, entry: VolumeEntry) -> str | None:
+        """The kernel's device for our partition, when it shows one that matches the claim."""
+        def find() -> str | None:
+            for child, number in disks.partitions_of(entry.disk.name):
+                if number != 1:
+                    continue
+                start = disks.SYS_CLASS_BLOCK / child / "start"
+                size = disks.SYS_CLASS_BLOCK / child / "size"
+                try:
+                    ok = (int(start.read_text()) * 512 == entry.claim.partition_offset
+                          and int(size.read_text()) * 512 == entry.claim.partition_bytes)
+                except (OSError, ValueError):
+                    return None
+                return f"/dev/{child}" if ok else None
+            return None
+
+        return await anyio.to_thread.run_sync(find)
+
+    async def attach(self, volume_id: str, readonly: bool) -> str:
+        entry = self._present(volume_id)
+        current = await self.device_path(volume_id)
+        if current is not None:
+            return current
+        partition = await self._partition_device(entry)
+        if partition is not None:
+            with anyio.move_on_after(PARTITION_NODE_WAIT):
+                # devtmpfs creates the node soon after the partition scan; there is nothing to wait on.
+                while not await anyio.Path(partition).exists():  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            if await anyio.Path(partition).exists():
+                logger.info("volume {} is the kernel's partition {}", volume_id, partition)
+                return partition
+        # The view keeps the disk's logical block size, so a filesystem made through it also mounts
+        # from the kernel's partition device on a kernel that parses partitions.
+        dev = await loop.attach(entry.disk.real_path, readonly=readonly, direct_io=True,
+                                offset=entry.claim.partition_offset, sizelimit=entry.claim.partition_bytes,
+                                block_size=entry.disk.sector_bytes)
+        self._loops[volume_id] = dev
+        logger.info("volume {} attached as {} (partition range of {}, direct I/O {})", volume_id, dev.path,
+                    entry.disk.path, dev.direct_io)
+        return dev.path
+
+    async def device_path(self, volume_id: str) -> str | None:
+        entry = self._volumes.get(volume_id)
+        if entry is None:
+            return None
+        dev = self._loops.get(volume_id)
+        if dev is not None:
+            current = await loop.get_device(dev.path)
+            if current is not None and current.backing_file == entry.disk.real_path and \
+                    current.offset == entry.claim.partition_offset:
+                return dev.path
+            self._loops.pop(volume_id, None)
+        if entry.present:
+            partition = await self._partition_device(entry)
+            if partition is not None and await anyio.Path(partition).exists():
+                return partition
+        return None
+
+    async def detach(self, volume_id: str) -> None:
+        dev = self._loops.get(volume_id)
+        device = await self.device_path(volume_id)
+        if device is None or dev is None or device != dev.path:
+            return  # nothing attached, or the kernel's partition device, which needs no undoing
+        users = await paths.device_in_use(device)
+        if users:
+            raise errors.VolumeInUse(f"{device} of volume {volume_id} is still mounted at {', '.join(users)}")
+        await loop.detach(device)
+        self._loops.pop(volume_id, None)
+        logger.info("volume {} detached from {}", volume_id, device)
+
+    async def refresh_device_size(self, volume_id: str) -> int:
+        entry = self._present(volume_id)
+        return entry.claim.partition_bytes
+
+    # -- snapshots (never) --------------------------------------------------
+    async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
+        raise errors.InvalidArgument("the rawdisk backend does not support snapshots")
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        raise errors.InvalidArgument("the rawdisk backend does not support snapshots")
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        raise errors.SnapshotNotFound(snapshot_id)
+
+    async def list_snapshots(self) -> list[Snapshot]:
+        return []
+
+
+def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> RawdiskBackend:
+    patterns = tuple(str(p) for p in options.get("rawdisk_devices", ()) or ())
+    min_bytes = int(options.get("rawdisk_min_bytes", 0) or DEFAULT_MIN_BYTES)
+    return RawdiskBackend(node_id, patterns, runner, min_bytes=min_bytes)
+

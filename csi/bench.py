@@ -1,0 +1,244 @@
+"""``localcsi bench``: latency, throughput, cost and scale of a CSI driver, and the floor beneath it.
+
+Point it at any CSI endpoint (``--endpoint``), or let it start our driver
+(``--spawn-loopfile DIR``, which also measures start-up). It prints a table and,
+with ``--json FILE``, writes every figure. The phases:
+
+* control plane: Probe latency; Create+Delete throughput at each ``--in-flight``;
+  the provisioning path Create → ControllerPublish → NodeStage (mkfs) →
+  NodePublish and back, per filesystem; NodeGetVolumeStats; NodePublish +
+  NodeUnpublish pairs;
+* scale: ListVolumes and GetCapacity with ``--scale-volumes`` volumes, and
+  CreateVolume latency at 0 and at that many;
+* the floor: the same provisioning path with the bare commands (root, local);
+* cost: the driver's RSS (idle, after, peak) and CPU per operation (``--pid``);
+* data path (``--fio``): fio on published volumes against the backing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from csi import bench_phases as phases
+from csi.bench_client import CallFailed, CsiClient
+from csi.bench_stats import ProcSample
+
+MIB = 1 << 20
+DEFAULT_FS = ("ext4", "xfs")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark a CSI driver (ours or another) and the bare commands")
+    p.add_argument("--endpoint", default="", help="unix:///path or tcp://host:port of the driver to measure")
+    p.add_argument("--spawn-loopfile", metavar="DIR", default="",
+                   help="start `localcsi serve --backend loopfile` with its socket and images in DIR")
+    p.add_argument("--driver-arg", action="append", default=[], help="extra argument for the spawned driver")
+    p.add_argument("--pid", type=int, default=0, help="the driver's pid, for memory and CPU figures")
+    p.add_argument("--client", choices=["grpcio", "grpclib"], default="grpcio")
+    p.add_argument("--work-dir", default="", help="where staging and target paths go (default: a temp dir)")
+    p.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="CreateVolume parameter")
+    p.add_argument("--json", dest="json_file", default="", metavar="FILE", help="write all figures as JSON")
+    p.add_argument("--probe-calls", type=int, default=2000)
+    p.add_argument("--in-flight", type=int, action="append", default=[], help="Create+Delete concurrency (16, 64)")
+    p.add_argument("--cd-volumes", type=int, default=2000, help="Create+Delete pairs per concurrency level")
+    p.add_argument("--cd-size", type=int, default=16 * MIB, help="bytes per Create+Delete and scale volume")
+    p.add_argument("--cd-fs-type", default="ext4")
+    p.add_argument("--fs-type", action="append", default=[], help="filesystems for the provisioning path")
+    p.add_argument("--iterations", type=int, default=10, help="provisioning paths per filesystem")
+    p.add_argument("--volume-size", type=int, default=512 * MIB, help="bytes per provisioned volume")
+    p.add_argument("--stats-calls", type=int, default=20, help="NodeGetVolumeStats calls per provisioned volume")
+    p.add_argument("--pair-calls", type=int, default=10, help="NodePublish+NodeUnpublish pairs per volume")
+    p.add_argument("--scale-volumes", type=int, default=1000)
+    p.add_argument("--scale-samples", type=int, default=50)
+    p.add_argument("--page-size", type=int, default=100)
+    p.add_argument("--no-bare", action="store_true", help="skip the bare-commands baseline")
+    p.add_argument("--bare-dir", default="", help="where the baseline's images go (default: beside the work dir)")
+    p.add_argument("--fio", action="store_true", help="also run the fio data-path comparison")
+    p.add_argument("--fio-runtime", type=int, default=10, help="seconds per fio job")
+    p.add_argument("--fio-size", type=int, default=256 * MIB, help="bytes of the fio file/device")
+    p.add_argument("--fio-variants", action="store_true", help="also fio bare loop devices with other settings")
+    p.add_argument("--only", action="append", default=[],
+                   choices=["probe", "create-delete", "provision", "bare", "scale", "fio"],
+                   help="run only these phases (repeatable)")
+
+
+@dataclass(frozen=True)
+class Options:
+    endpoint: str
+    pid: int
+    client: str
+    work_dir: str
+    bare_dir: str
+    parameters: dict[str, str]
+    args: argparse.Namespace
+
+    def wants(self, phase: str) -> bool:
+        return not self.args.only or phase in self.args.only
+
+
+# ---------------------------------------------------------------- spawned driver
+
+
+@dataclass
+class Spawned:
+    proc: subprocess.Popen[bytes]
+    endpoint: str
+    startup_seconds: float
+
+
+def spawn_loopfile(directory: str, extra: list[str]) -> Spawned:
+    os.makedirs(directory, exist_ok=True)
+    socket_path = os.path.join(directory, "csi.sock")
+    endpoint = f"unix://{socket_path}"
+    argv = [sys.executable, "-m", "csi.cli", "serve", "--endpoint", endpoint, "--backend", "loopfile",
+            "--loopfile-dir", os.path.join(directory, "volumes"), "--node-id", platform.node() or "bench-node",
+            *extra]
+    with open(os.path.join(directory, "driver.log"), "ab") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return Spawned(proc=proc, endpoint=endpoint, startup_seconds=started)
+
+
+async def wait_ready(client: CsiClient, spawned: Spawned, limit_seconds: float = 60.0) -> float:
+    """Seconds from spawning to the first Probe answering ready."""
+    with anyio.fail_after(limit_seconds):
+        while True:
+            if spawned.proc.poll() is not None:
+                raise RuntimeError(f"the driver exited with {spawned.proc.returncode}; see its driver.log")
+            try:
+                if (await client.probe()).ready:
+                    return time.perf_counter() - spawned.startup_seconds
+            except CallFailed:
+                pass
+            await anyio.sleep(0.005)
+
+
+def stop(spawned: Spawned) -> int:
+    if spawned.proc.poll() is None:
+        spawned.proc.send_signal(signal.SIGTERM)
+        try:
+            spawned.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            spawned.proc.kill()
+            spawned.proc.wait(10)
+    return spawned.proc.returncode
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def memory(sample: ProcSample | None) -> dict[str, float] | None:
+    if sample is None:
+        return None
+    return {"rss_mib": round(sample.rss_bytes / MIB, 1), "peak_rss_mib": round(sample.hwm_bytes / MIB, 1)}
+
+
+async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any]) -> None:
+    a = opts.args
+    report["memory_idle"] = memory(target.sample())
+    if opts.wants("probe"):
+        report["probe"] = await phases.probe(target, a.probe_calls)
+    if opts.wants("create-delete"):
+        report["create_delete"] = [
+            await phases.create_delete(target, n, a.cd_volumes, a.cd_size, a.cd_fs_type) for n in (a.in_flight or
+                                                                                                  [16, 64])
+        ]
+    fs_types = a.fs_type or list(DEFAULT_FS)
+    if opts.wants("provision"):
+        report["provision"] = [
+            await phases.provision(target, fs, iterations=a.iterations, size=a.volume_size,
+                                   stats_calls=a.stats_calls, pair_calls=a.pair_calls)
+            for fs in fs_types
+        ]
+    if opts.wants("bare") and not a.no_bare:
+        from csi.bench_bare import provision_bare
+
+        report["bare"] = [await provision_bare(opts.bare_dir, fs, a.iterations, a.volume_size) for fs in fs_types]
+    if opts.wants("scale"):
+        report["scale"] = await phases.scale(target, existing=a.scale_volumes, samples=a.scale_samples, size=a.cd_size,
+                                             fs_type=a.cd_fs_type, page_size=a.page_size, in_flight=16)
+    if a.fio and opts.wants("fio"):
+        from csi.bench_fio import data_path
+
+        report["fio"] = await data_path(target, opts.bare_dir, a.fio_size, a.fio_runtime, a.fio_variants)
+    report["memory_after"] = memory(target.sample())
+
+
+async def bench(opts: Options, spawned: Spawned | None) -> dict[str, Any]:
+    from csi.bench_client import open_transport
+
+    transport = open_transport(opts.endpoint, opts.client)
+    client = CsiClient(transport)
+    report: dict[str, Any] = {"machine": machine(), "endpoint": opts.endpoint, "client": opts.client,
+                              "arguments": {k: v for k, v in vars(opts.args).items() if k != "func"}}
+    try:
+        if spawned is not None:
+            report["startup_seconds"] = round(await wait_ready(client, spawned), 3)
+        info = await client.plugin_info()
+        report["driver"] = {"name": info.name, "version": info.vendor_version}
+        target = await phases.discover(client, opts.work_dir, opts.parameters, opts.pid)
+        report["target"] = {"node_id": target.node_id, "controller_publish": target.controller_publish,
+                            "node_stage": target.node_stage}
+        await run_phases(opts, target, report)
+    finally:
+        aclose = getattr(transport, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            transport.close()
+    return report
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu,
+            "python": platform.python_version(), "hostname": platform.node()}
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.endpoint) == bool(args.spawn_loopfile):
+        print("localcsi bench: give exactly one of --endpoint or --spawn-loopfile", file=sys.stderr)
+        return 2
+    parameters = dict(pair.partition("=")[::2] for pair in args.parameter)
+    spawned = None
+    if args.spawn_loopfile:
+        spawned = spawn_loopfile(os.path.abspath(args.spawn_loopfile), args.driver_arg)
+    try:
+        endpoint = spawned.endpoint if spawned else args.endpoint
+        base = os.path.abspath(args.spawn_loopfile) if args.spawn_loopfile else tempfile.gettempdir()
+        work_dir = args.work_dir or tempfile.mkdtemp(prefix="localcsi-bench-", dir=base)
+        opts = Options(endpoint=endpoint, pid=spawned.proc.pid if spawned else args.pid, client=args.client,
+                       work_dir=work_dir, bare_dir=args.bare_dir or base, parameters=parameters, args=args)
+        report = anyio.run(bench, opts, spawned)
+    finally:
+        if spawned is not None:
+            code = stop(spawned)
+            if code not in (0, None):
+                print(f"localcsi bench: the spawned driver exited with {code}", file=sys.stderr)
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2, sort_keys=False)
+            out.write("\n")
+    from csi.bench_report import render
+
+    print(render(report))
+    return 0
+

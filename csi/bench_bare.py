@@ -1,0 +1,89 @@
+"""The floor: the provisioning path done with the bare commands, no driver.
+
+Up: ``fallocate`` the image, ``losetup --direct-io=on -f --show``, ``mkfs``
+with the driver's own flags, ``mount``, ``mount --bind`` to the target.
+Down: ``umount`` both, ``losetup -d``, ``rm``. Each step is one process, as a
+shell script would do it; the driver's overhead is its time over this one.
+Everything made here is undone here, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+import time
+from typing import Any
+
+import anyio
+
+from backends.system.mkfs import mkfs_argv
+from backends.system.runner import ProcessRunner
+from csi.bench_stats import Recorder
+
+COMMAND_TIMEOUT = 120.0
+
+
+async def _step(runner: ProcessRunner, rec: Recorder, name: str, argv: list[str]) -> str:
+    started = time.perf_counter()
+    result = await runner.run(argv, timeout=COMMAND_TIMEOUT)
+    rec.add(name, time.perf_counter() - started)
+    return result.stdout.strip()
+
+
+async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, size: int) -> None:
+    image = os.path.join(root, "image.img")
+    staging = os.path.join(root, "staging")
+    target = os.path.join(root, "target")
+    for directory in (staging, target):
+        await anyio.to_thread.run_sync(functools.partial(os.makedirs, directory, exist_ok=True))
+    device = ""
+    mounted: list[str] = []
+    started = time.perf_counter()
+    try:
+        await _step(runner, rec, "fallocate", ["fallocate", "-l", str(size), image])
+        device = await _step(runner, rec, "losetup", ["losetup", "--direct-io=on", "-f", "--show", image])
+        await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
+        await _step(runner, rec, "mount", ["mount", "-t", fs_type, device, staging])
+        mounted.append(staging)
+        await _step(runner, rec, "mount --bind", ["mount", "--bind", staging, target])
+        mounted.append(target)
+        rec.add("up (bare)", time.perf_counter() - started)
+        started = time.perf_counter()
+        await _step(runner, rec, "umount target", ["umount", target])
+        mounted.remove(target)
+        await _step(runner, rec, "umount staging", ["umount", staging])
+        mounted.remove(staging)
+        await _step(runner, rec, "losetup -d", ["losetup", "-d", device])
+        device = ""
+        await _step(runner, rec, "rm", ["rm", "-f", image])
+        rec.add("down (bare)", time.perf_counter() - started)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for point in reversed(mounted):
+                await runner.run(["umount", point], timeout=COMMAND_TIMEOUT, check=False)
+            if device:
+                await runner.run(["losetup", "-d", device], timeout=COMMAND_TIMEOUT, check=False)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(image)
+
+
+async def provision_bare(base_dir: str, fs_type: str, iterations: int, size: int) -> dict[str, Any]:
+    runner = ProcessRunner()
+    rec = Recorder()
+    root = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="bare-", dir=base_dir))
+    try:
+        for _ in range(iterations):
+            await _one(runner, rec, root, fs_type, size)
+    finally:
+        await anyio.to_thread.run_sync(_remove_tree, root)
+    return {"fs_type": fs_type, "iterations": iterations, "size_bytes": size, "latency": rec.summaries()}
+
+
+def _remove_tree(root: str) -> None:
+    for sub in ("staging", "target"):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(root, sub))
+    with contextlib.suppress(OSError):
+        os.rmdir(root)

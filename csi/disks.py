@@ -1,0 +1,144 @@
+"""``localcsi disks``: what the rawdisk backend sees on this node, without running a driver.
+
+Lists every device the ``--rawdisk-device`` patterns match with its size, its
+state (free, claimed by which volume, excluded) and the reason. Nothing is
+written. ``--pv-manifests`` prints a PersistentVolume for each claimed disk
+instead, so a rebuilt cluster can adopt volumes whose data survived on the
+disks (``persistentVolumeReclaimPolicy: Retain``; the filesystem type is read
+from the partition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+import anyio
+
+from backends.base import TOPOLOGY_KEY
+from backends.errors import BackendError
+from backends.rawdisk_inventory import Disk, State, scan
+from backends.system import disks as sysdisks
+from backends.system.runner import ProcessRunner, Runner
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("disks", help="list the disks the rawdisk backend may use, and why others are excluded")
+    p.add_argument("--rawdisk-device", action="append", default=[], metavar="GLOB", required=True,
+                   help="allow-list pattern, as given to serve (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    p.add_argument("--pv-manifests", action="store_true", help="print PersistentVolumes for the claimed disks")
+    p.add_argument("--node", default="", help="node name for the PVs' node affinity (with --pv-manifests)")
+    p.add_argument("--storage-class", default="", help="storageClassName of the PVs (with --pv-manifests)")
+    p.add_argument("--driver-name", default="localcsi.dev")
+    p.add_argument("--command-prefix", default="", help='prefix for every system command, e.g. "nsenter -t 1 -m --"')
+
+
+def human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{size}B"  # pragma: no cover
+
+
+def table(found: list[Disk]) -> str:
+    rows = [("DEVICE", "SIZE", "STATE", "VOLUME", "REASON")]
+    for disk in found:
+        device = disk.path if disk.path == disk.real_path else f"{disk.path} ({disk.real_path})"
+        rows.append((device, human(disk.size_bytes), disk.state.value, disk.volume_id or "-", disk.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows
+    )
+
+
+def pv_manifest(disk: Disk, fs_type: str, *, node: str, storage_class: str, driver: str) -> str:
+    """One PersistentVolume as YAML (every scalar JSON-quoted, which is valid YAML)."""
+    claim = disk.claim
+    if claim is None:
+        raise ValueError(f"{disk.path} holds no volume")
+    q = json.dumps
+    lines = [
+        "apiVersion: v1",
+        "kind: PersistentVolume",
+        "metadata:",
+        f"  name: {q(claim.record.name or claim.volume_id)}",
+        "  annotations:",
+        f"    pv.kubernetes.io/provisioned-by: {q(driver)}",
+        f"    localcsi.dev/disk: {q(disk.path)}",
+        "spec:",
+        "  capacity:",
+        f"    storage: {q(str(claim.partition_bytes))}",
+        f"  volumeMode: {'Filesystem' if fs_type else 'Block'}",
+        "  accessModes: [\"ReadWriteOnce\"]",
+        "  persistentVolumeReclaimPolicy: Retain",
+    ]
+    if storage_class:
+        lines.append(f"  storageClassName: {q(storage_class)}")
+    lines += [
+        "  csi:",
+        f"    driver: {q(driver)}",
+        f"    volumeHandle: {q(claim.volume_id)}",
+    ]
+    if fs_type:
+        lines.append(f"    fsType: {q(fs_type)}")
+    lines += [
+        "    volumeAttributes:",
+        "      localcsi.dev/backend: \"rawdisk\"",
+        f"      localcsi.dev/disk: {q(disk.path)}",
+        "  nodeAffinity:",
+        "    required:",
+        "      nodeSelectorTerms:",
+        "        - matchExpressions:",
+        f"            - key: {q(TOPOLOGY_KEY)}",
+        "              operator: In",
+        f"              values: [{q(node)}]",
+    ]
+    return "\n".join(lines)
+
+
+async def filesystem_of(runner: Runner, disk: Disk) -> str:
+    """The filesystem inside a claimed disk's partition ("" for none or raw data)."""
+    claim = disk.claim
+    if claim is None:
+        return ""
+    try:
+        probe = await sysdisks.probe_range(runner, disk.real_path, claim.partition_offset, claim.partition_bytes)
+    except BackendError:
+        return ""
+    return probe.fs_type if probe.usage == "filesystem" else ""
+
+
+async def _main(args: argparse.Namespace) -> int:
+    runner = ProcessRunner(prefix=shlex.split(args.command_prefix))
+    found = await scan(runner, args.rawdisk_device)
+    if args.pv_manifests:
+        if not args.node:
+            print("localcsi disks: --pv-manifests needs --node", file=sys.stderr)
+            return 2
+        docs = []
+        for disk in found:
+            if disk.state is State.CLAIMED:
+                fs_type = await filesystem_of(runner, disk)
+                docs.append(pv_manifest(disk, fs_type, node=args.node, storage_class=args.storage_class,
+                                        driver=args.driver_name))
+        print("\n---\n".join(docs))
+        return 0
+    if args.json:
+        print(json.dumps({"disks": [d.to_json() for d in found]}, indent=2))
+    else:
+        print(table(found))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return anyio.run(_main, args)
+    except BackendError as exc:
+        print(f"localcsi disks: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,73 @@
+"""Reading and writing through a published volume, the way a workload would."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import anyio
+
+from e2e.conformance.config import AccessType
+
+MARKER_FILE = "conformance-marker"
+BLOCK_SIZE = 4096
+
+
+def _write_block(device: str, payload: bytes) -> None:
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        os.pwrite(fd, payload.ljust(BLOCK_SIZE, b"\0"), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_block(device: str, length: int) -> bytes:
+    fd = os.open(device, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, payload: bytes) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def write_marker(target: str, access: AccessType, payload: bytes) -> None:
+    """Write ``payload`` to a file in a mounted target, or at offset 0 of a block target."""
+    if access is AccessType.BLOCK:
+        await anyio.to_thread.run_sync(_write_block, target, payload)
+    else:
+        await anyio.to_thread.run_sync(_write_file, os.path.join(target, MARKER_FILE), payload)
+
+
+async def read_marker(target: str, access: AccessType, length: int) -> bytes:
+    if access is AccessType.BLOCK:
+        return await anyio.to_thread.run_sync(_read_block, target, length)
+    return await anyio.to_thread.run_sync(_read_file, os.path.join(target, MARKER_FILE))
+
+
+async def write_is_refused(target: str) -> bool:
+    """True if creating a file in a mounted target fails because the mount is read-only."""
+    try:
+        await anyio.to_thread.run_sync(_write_file, os.path.join(target, MARKER_FILE + "-ro"), b"x")
+    except OSError as exc:
+        return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    return False
+
+
+async def is_block_device(path: str) -> bool:
+    st = await anyio.Path(path).stat()
+    return stat.S_ISBLK(st.st_mode)

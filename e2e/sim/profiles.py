@@ -1,0 +1,258 @@
+"""Backend profiles: how to give a node storage, start its driver, reboot it, and find leaks.
+
+A profile owns everything backend-specific in the harness; scenarios and roles
+never name a backend. Add a backend by writing one class and registering it in
+:data:`PROFILES`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import anyio
+
+from backends.base import is_snapshot_id, is_volume_id
+from e2e.sim import host
+from e2e.sim.nodes import SimNode
+
+MIB = 1 << 20
+GIB = 1 << 30
+REPO = Path(__file__).resolve().parents[2]
+
+
+class BackendProfile(Protocol):
+    name: ClassVar[str]
+    #: StorageClass parameters the scenarios use (the deploy overlay's, minus the fstype).
+    parameters: ClassVar[dict[str, str]]
+
+    def unavailable_reason(self) -> str:
+        """Why this backend cannot run here ('' when it can)."""
+
+    async def prepare(self, node: SimNode) -> None:
+        """Create the node's storage (tmpfs budget, disks, a VG) before its driver starts."""
+
+    def driver_args(self, node: SimNode) -> list[str]: ...
+
+    async def reboot(self, node: SimNode) -> None:
+        """After the driver was killed: drop what a reboot drops besides mounts (loop devices, LV activation)."""
+
+    async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
+        """Backend resources nothing explains: ``owned`` are live volume and snapshot ids, ``staged`` staged ids."""
+
+    async def teardown(self, node: SimNode) -> None:
+        """Remove everything :meth:`prepare` made, whatever state the run left it in."""
+
+
+async def mount_tmpfs(path: Path, size_bytes: int) -> None:
+    await anyio.Path(path).mkdir(parents=True, exist_ok=True)
+    await host.arun(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "localcsi-e2e", str(path)])
+
+
+async def unmount_tmpfs(path: Path) -> None:
+    if await anyio.to_thread.run_sync(host.mount_count, path):
+        await host.arun(["umount", "-l", str(path)], check=False)
+
+
+async def detach_loops_under(directory: Path) -> list[str]:
+    loops = await anyio.to_thread.run_sync(host.loops_backed_under, directory)
+    for info in loops:
+        await host.arun(["losetup", "-d", info.device], check=False)
+    return [info.device for info in loops]
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
+
+
+def _volume_id_of(path: str) -> str:
+    return Path(path).name.removesuffix(".img")
+
+
+@dataclass
+class LoopfileProfile:
+    name: ClassVar[str] = "loopfile"
+    parameters: ClassVar[dict[str, str]] = {"loopfile.localcsi.dev/provisioning": "thin"}
+
+    def unavailable_reason(self) -> str:
+        return "" if Path("/dev/loop-control").exists() else "no /dev/loop-control"
+
+    def data_dir(self, node: SimNode) -> Path:
+        return node.storage_dir / "volumes"
+
+    async def prepare(self, node: SimNode) -> None:
+        await mount_tmpfs(node.storage_dir, node.capacity_bytes)
+
+    def driver_args(self, node: SimNode) -> list[str]:
+        return ["--backend", "loopfile", "--loopfile-dir", str(self.data_dir(node))]
+
+    async def reboot(self, node: SimNode) -> None:
+        await detach_loops_under(self.data_dir(node))
+
+    async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
+        found = []
+        for info in await anyio.to_thread.run_sync(host.loops_backed_under, node.storage_dir):
+            if _volume_id_of(info.backing_file) not in staged:
+                found.append(f"{node.name}: loop device {info.device} backs {info.backing_file}, which is not staged")
+        directory = self.data_dir(node)
+        for path in await anyio.to_thread.run_sync(_files_under, directory):
+            stem = path.name.rsplit(".", 1)[0]
+            if not ((is_volume_id(stem) or is_snapshot_id(stem)) and stem in owned):
+                found.append(f"{node.name}: file {path.relative_to(directory)} belongs to no live volume or snapshot")
+        return found
+
+    async def teardown(self, node: SimNode) -> None:
+        await detach_loops_under(node.storage_dir)
+        await unmount_tmpfs(node.storage_dir)
+
+
+@dataclass
+class RawdiskProfile:
+    """Whole disks: loop devices over sparse files stand in for the node's disks.
+
+    Each node gets three unequal large disks (so placement and the capacity race have one largest disk to
+    fight over) and four small ones, or 50 when the scenario makes many volumes (a burst of 100 claims).
+    """
+
+    name: ClassVar[str] = "rawdisk"
+    parameters: ClassVar[dict[str, str]] = {}
+    large_shares: ClassVar[tuple[float, ...]] = (0.40, 0.25, 0.15)
+    small_disks: ClassVar[int] = 4
+    small_disks_many: ClassVar[int] = 50
+    small_bytes: ClassVar[int] = 40 * MIB
+
+    def unavailable_reason(self) -> str:
+        if not (REPO / "backends" / "rawdisk.py").exists():
+            return "backends/rawdisk.py is not written yet"
+        return "" if Path("/dev/loop-control").exists() else "no /dev/loop-control"
+
+    def disk_sizes(self, node: SimNode) -> list[int]:
+        large = [int(node.capacity_bytes * share) // MIB * MIB for share in self.large_shares]
+        return large + [self.small_bytes] * (self.small_disks_many if node.many_volumes else self.small_disks)
+
+    async def prepare(self, node: SimNode) -> None:
+        sizes = self.disk_sizes(node)
+        await mount_tmpfs(node.storage_dir, sum(sizes) + 64 * MIB)
+        disks = []
+        for index, size in enumerate(sizes):
+            image = node.storage_dir / f"disk{index}.img"
+            await anyio.to_thread.run_sync(host.make_sparse_file, image, size)
+            disks.append(await anyio.to_thread.run_sync(host.attach_loop, image))
+        node.resources["disks"] = disks
+
+    def driver_args(self, node: SimNode) -> list[str]:
+        args = ["--backend", "rawdisk"]
+        for disk in node.resources.get("disks", []):
+            args += ["--rawdisk-device", disk]
+        return args
+
+    async def reboot(self, node: SimNode) -> None:
+        # The disks stay; anything the driver layered on them (loop devices over a partition range) goes.
+        disks = set(node.resources.get("disks", []))
+        for info in await anyio.to_thread.run_sync(host.attached_loops):
+            if info.backing_file in disks:
+                await host.arun(["losetup", "-d", info.device], check=False)
+
+    async def _claimed(self, disk: str) -> bool:
+        out = await host.arun(["blkid", "-p", "-o", "export", disk], check=False)
+        return bool(out.strip())
+
+    async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
+        disks = node.resources.get("disks", [])
+        claimed = [d for d in disks if await self._claimed(d)]
+        found = []
+        if len(claimed) > len(owned):
+            found.append(f"{node.name}: {len(claimed)} disks carry signatures but only {len(owned)} volumes live")
+        for info in await anyio.to_thread.run_sync(host.attached_loops):
+            if info.backing_file in disks and not staged:
+                found.append(f"{node.name}: loop device {info.device} over disk {info.backing_file} with none staged")
+        return found
+
+    async def teardown(self, node: SimNode) -> None:
+        disks = set(node.resources.get("disks", []))
+        for info in await anyio.to_thread.run_sync(host.attached_loops):
+            if info.backing_file in disks:
+                await host.arun(["losetup", "-d", info.device], check=False)
+        for disk in disks:
+            await host.arun(["losetup", "-d", disk], check=False)
+        await unmount_tmpfs(node.storage_dir)
+
+
+@dataclass
+class LvmProfile:
+    """A volume group per node on two loop-backed PVs; needs device-mapper (the kernel lane)."""
+
+    name: ClassVar[str] = "lvm"
+    parameters: ClassVar[dict[str, str]] = {}
+
+    def unavailable_reason(self) -> str:
+        if not (REPO / "backends" / "lvm.py").exists():
+            return "backends/lvm.py is not written yet"
+        if not Path("/dev/mapper/control").exists():
+            return "this kernel lacks device-mapper (/dev/mapper/control); run it in the kernel lane: hack/vmtest"
+        return ""
+
+    def vg_name(self, node: SimNode) -> str:
+        return f"e2e{os.getpid()}{node.name.replace('-', '')}"
+
+    async def prepare(self, node: SimNode) -> None:
+        await mount_tmpfs(node.storage_dir, node.capacity_bytes + 64 * MIB)
+        pvs = []
+        for index in range(2):
+            image = node.storage_dir / f"pv{index}.img"
+            await anyio.to_thread.run_sync(host.make_sparse_file, image, node.capacity_bytes // 2)
+            pvs.append(await anyio.to_thread.run_sync(host.attach_loop, image))
+        node.resources["pvs"] = pvs
+        await host.arun(["pvcreate", "-q", *pvs])
+        await host.arun(["vgcreate", "-q", self.vg_name(node), *pvs])
+
+    def driver_args(self, node: SimNode) -> list[str]:
+        return ["--backend", "lvm", "--lvm-vg", self.vg_name(node)]
+
+    async def reboot(self, node: SimNode) -> None:
+        await host.arun(["vgchange", "-q", "-an", self.vg_name(node)], check=False)
+
+    async def _lvs(self, node: SimNode) -> list[dict[str, str]]:
+        out = await host.arun(["lvs", "--reportformat", "json", "-o", "lv_name,lv_active,lv_tags",
+                               self.vg_name(node)], check=False)
+        try:
+            report = json.loads(out)["report"][0]["lv"]
+        except (ValueError, KeyError, IndexError):
+            return []
+        return [dict(lv) for lv in report]
+
+    async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
+        found = []
+        for lv in await self._lvs(node):
+            name = lv.get("lv_name", "")
+            if is_volume_id(name) and name not in owned:
+                found.append(f"{node.name}: LV {name} belongs to no live volume")
+            elif lv.get("lv_active") == "active" and is_volume_id(name) and name not in staged:
+                found.append(f"{node.name}: LV {name} is active but not staged")
+        return found
+
+    async def teardown(self, node: SimNode) -> None:
+        vg = self.vg_name(node)
+        await host.arun(["vgchange", "-q", "-an", vg], check=False)
+        await host.arun(["vgremove", "-q", "-f", vg], check=False)
+        for pv in node.resources.get("pvs", []):
+            await host.arun(["pvremove", "-q", "-ff", "-y", pv], check=False)
+            await host.arun(["losetup", "-d", pv], check=False)
+        await unmount_tmpfs(node.storage_dir)
+
+
+PROFILES: dict[str, type[LoopfileProfile] | type[RawdiskProfile] | type[LvmProfile]] = {
+    "loopfile": LoopfileProfile,
+    "rawdisk": RawdiskProfile,
+    "lvm": LvmProfile,
+}
+
+
+def profile_for(name: str) -> BackendProfile:
+    try:
+        return PROFILES[name]()
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(PROFILES)}") from None

@@ -1,0 +1,84 @@
+"""Run scenarios, each on a fresh cluster, with a leak check after each; collect the summary."""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+
+import anyio
+from loguru import logger
+
+from e2e.sim.cluster import Cluster, running_cluster
+from e2e.sim.profiles import BackendProfile
+from e2e.sim.scenarios import MANY_VOLUMES, SCENARIOS, Skip
+from e2e.sim.stats import ScenarioResult, Stats
+
+SCENARIO_TIMEOUT = 150.0
+
+
+async def run_one(profile: BackendProfile, name: str, stats: Stats, rng: random.Random,
+                  keep: bool = False) -> ScenarioResult:
+    started = time.monotonic()
+    outcome, detail = "passed", ""
+    leaks: tuple[str, ...] = ()
+    try:
+        async with running_cluster(profile, stats, rng, keep, many_volumes=name in MANY_VOLUMES) as cluster:
+            try:
+                with anyio.fail_after(SCENARIO_TIMEOUT):
+                    detail = await SCENARIOS[name](cluster)
+            except Skip as exc:
+                outcome, detail = "skipped", str(exc)
+            except Exception as exc:
+                outcome, detail = "failed", describe_failure(exc)
+                logger.error("scenario {} failed:\n{}", name, traceback.format_exc())
+                cluster.keep_root = True
+                _log_driver_tails(cluster)
+            leaks = tuple(await _cleanup_and_check(cluster))
+            if leaks:
+                outcome = "failed"
+                cluster.keep_root = True
+    except Exception as exc:
+        outcome, detail = "failed", f"harness: {type(exc).__name__}: {exc}"
+        logger.error("scenario {} could not run:\n{}", name, traceback.format_exc())
+    result = ScenarioResult(name, outcome, time.monotonic() - started, detail, leaks)
+    stats.results.append(result)
+    logger.info("{} {} in {:.1f} s {}", name, outcome.upper(), result.seconds, detail)
+    return result
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The first real cause, unwrapped from task-group exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _cleanup_and_check(cluster: Cluster) -> list[str]:
+    """Delete what the scenario left through the sidecars' calls, then look for anything nobody owns."""
+    try:
+        with anyio.fail_after(SCENARIO_TIMEOUT):
+            await cluster.cleanup()
+    except Exception as exc:
+        logger.error("cleanup failed: {}", traceback.format_exc())
+        return [f"cleanup failed: {type(exc).__name__}: {exc}", *await _safe_leaks(cluster)]
+    return await _safe_leaks(cluster)
+
+
+async def _safe_leaks(cluster: Cluster) -> list[str]:
+    try:
+        return await cluster.leaks()
+    except Exception as exc:
+        return [f"leak check failed: {type(exc).__name__}: {exc}"]
+
+
+def _log_driver_tails(cluster: Cluster) -> None:
+    logger.error("cluster kept at {} (driver logs: */driver.log)", cluster.root)
+
+
+async def run_all(profile: BackendProfile, names: list[str], seed: int, keep: bool = False) -> Stats:
+    stats = Stats()
+    rng = random.Random(seed)
+    for name in names:
+        await run_one(profile, name, stats, rng, keep)
+    return stats
