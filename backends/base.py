@@ -50,6 +50,23 @@ def is_snapshot_id(value: str) -> bool:
     return bool(_SNAPSHOT_ID.match(value))
 
 
+def published(
+    node_ids: tuple[str, ...], readonly_ids: tuple[str, ...], node_id: str, readonly: bool
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The publication lists after publishing to ``node_id``; None when nothing changes.
+
+    Publishing again with the other read-only flag is a conflict (ALREADY_EXISTS), as the spec asks.
+    """
+    if node_id in node_ids:
+        if (node_id in readonly_ids) != readonly:
+            from backends.errors import VolumeConflict
+
+            raise VolumeConflict(f"the volume is already published to {node_id!r} "
+                                 f"{'read-only' if node_id in readonly_ids else 'read-write'}")
+        return None
+    return (*node_ids, node_id), ((*readonly_ids, node_id) if readonly else readonly_ids)
+
+
 class AccessType(enum.Enum):
     MOUNT = "mount"
     BLOCK = "block"

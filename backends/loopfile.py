@@ -56,6 +56,7 @@ from backends.base import (
     VolumeSpec,
     is_snapshot_id,
     is_volume_id,
+    published,
     snapshot_id_for,
 )
 from backends.metadata import fsync_directory, load_record, write_record
@@ -114,7 +115,7 @@ class ImageRecord:
     created_at: str
     source: ContentSource | None = None
     published_node_ids: tuple[str, ...] = ()
-    readonly_publish: bool = False
+    readonly_node_ids: tuple[str, ...] = ()
     #: Logical block size of its loop device (0: the kernel's choice, records from before it was kept).
     block_size: int = 0
 
@@ -130,6 +131,7 @@ class ImageRecord:
             created_at=str(data["created_at"]),
             source=ContentSource(SourceKind(source["kind"]), str(source["id"])) if source else None,
             published_node_ids=tuple(str(n) for n in data.get("published_node_ids", ())),
+            readonly_node_ids=tuple(str(n) for n in data.get("readonly_node_ids", ())),
             block_size=int(data.get("block_size", 0)),
         )
 
@@ -144,6 +146,7 @@ class ImageRecord:
             "created_at": self.created_at,
             "source": {"kind": self.source.kind.value, "id": self.source.source_id} if self.source else None,
             "published_node_ids": list(self.published_node_ids),
+            "readonly_node_ids": list(self.readonly_node_ids),
             "block_size": self.block_size,
         }
 
@@ -703,10 +706,11 @@ class LoopfileBackend:
             raise errors.VolumeNotFound(volume_id)
         if node_id != self._node_id:
             raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
-        if node_id not in record.published_node_ids:
-            published = replace(record, published_node_ids=(*record.published_node_ids, node_id))
-            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), published.to_json())
-            self._records[volume_id] = published
+        change = published(record.published_node_ids, record.readonly_node_ids, node_id, readonly)
+        if change is not None:
+            published_record = replace(record, published_node_ids=change[0], readonly_node_ids=change[1])
+            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), published_record.to_json())
+            self._records[volume_id] = published_record
         return {}
 
     async def unpublish_volume(self, volume_id: str, node_id: str) -> None:
@@ -714,7 +718,8 @@ class LoopfileBackend:
         if record is None or (node_id and node_id not in record.published_node_ids):
             return
         remaining = tuple(n for n in record.published_node_ids if node_id and n != node_id)
-        unpublished = replace(record, published_node_ids=remaining)
+        unpublished = replace(record, published_node_ids=remaining,
+                              readonly_node_ids=tuple(n for n in record.readonly_node_ids if n in remaining))
         await anyio.to_thread.run_sync(write_record, self._meta(volume_id), unpublished.to_json())
         self._records[volume_id] = unpublished
 

@@ -35,7 +35,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
 from backends import errors, paths, rawdisk_claim
-from backends.base import Capacity, Condition, Features, Snapshot, Volume, VolumeSpec
+from backends.base import Capacity, Condition, Features, Snapshot, Volume, VolumeSpec, published
 from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, inspect_one, scan
 from backends.system import disks, gpt, loop, uevents
 from backends.system.runner import Runner, require_tools
@@ -337,9 +337,10 @@ class RawdiskBackend:
         if node_id != self._node_id:
             raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
         record = entry.claim.record
-        if node_id not in record.published_node_ids:
-            await self._update_record(entry, replace(record, published_node_ids=(*record.published_node_ids,
-                                                                                 node_id)))
+        change = published(record.published_node_ids, record.readonly_node_ids, node_id, readonly)
+        if change is not None:
+            await self._update_record(entry, replace(record, published_node_ids=change[0],
+                                                     readonly_node_ids=change[1]))
         return {}
 
     async def unpublish_volume(self, volume_id: str, node_id: str) -> None:
@@ -349,7 +350,9 @@ class RawdiskBackend:
         record = entry.claim.record
         remaining = tuple(n for n in record.published_node_ids if node_id and n != node_id)
         if remaining != record.published_node_ids:
-            await self._update_record(entry, replace(record, published_node_ids=remaining))
+            await self._update_record(entry, replace(
+                record, published_node_ids=remaining,
+                readonly_node_ids=tuple(n for n in record.readonly_node_ids if n in remaining)))
 
     async def _update_record(self, entry: VolumeEntry, record: rawdisk_claim.Record) -> None:
         if not record.volume_id:

@@ -58,6 +58,7 @@ class Record:
     name: str = ""
     created_at: str = ""
     published_node_ids: tuple[str, ...] = ()
+    readonly_node_ids: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
@@ -66,6 +67,7 @@ class Record:
             name=str(data.get("name", "")),
             created_at=str(data.get("created_at", "")),
             published_node_ids=tuple(str(n) for n in data.get("published_node_ids", ())),
+            readonly_node_ids=tuple(str(n) for n in data.get("readonly_node_ids", ())),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class Record:
             "name": self.name,
             "created_at": self.created_at,
             "published_node_ids": list(self.published_node_ids),
+            "readonly_node_ids": list(self.readonly_node_ids),
         }
 
 

@@ -104,6 +104,8 @@ class NodeService(Servicer, csi.NodeBase):
     async def node_publish_volume(self, message: csi.NodePublishVolumeRequest) -> csi.NodePublishVolumeResponse:
         volume_id = v.volume_id(message.volume_id)
         target = self._path(message.target_path, "target_path")
+        if not message.staging_target_path:  # we advertise STAGE_UNSTAGE_VOLUME: publish needs a stage first
+            raise errors.PreconditionFailed("staging_target_path is required: the volume must be staged first")
         staging = self._path(message.staging_target_path, "staging_target_path")
         access = self._access(message.volume_capability)
         readonly = message.readonly or access.read_only
@@ -113,12 +115,24 @@ class NodeService(Servicer, csi.NodeBase):
             await self.ctx.backend.get_volume(volume_id)
             if await paths.mounted_device(source) is None:
                 raise errors.PreconditionFailed(f"volume {volume_id} is not staged at {staging}")
+            if access.single_writer:
+                await self._check_single_writer(volume_id, source, target)
             try:
                 await node.ensure_bind_mounted(source, target, readonly=readonly, block=block,
                                                options=access.mount_flags)
             except errors.VolumeInUse as exc:
                 raise errors.AlreadyExists(f"target path holds an incompatible mount: {exc}") from exc
         return csi.NodePublishVolumeResponse()
+
+    async def _check_single_writer(self, volume_id: str, source: str, target: str) -> None:
+        """SINGLE_NODE_SINGLE_WRITER: refuse a second publish target (ReadWriteOncePod)."""
+        device = await self.ctx.backend.device_path(volume_id)
+        if device is None:
+            return
+        others = [p for p in await paths.device_in_use(device) if p not in (source, target)]
+        if others:
+            raise errors.PreconditionFailed(
+                f"volume {volume_id} is single-writer and already published at {', '.join(others)}")
 
     @rpc("NodeUnpublishVolume", mutating=True)
     async def node_unpublish_volume(
@@ -137,12 +151,14 @@ class NodeService(Servicer, csi.NodeBase):
         volume_id = v.volume_id(message.volume_id)
         path = self._path(message.volume_path, "volume_path")
         volume = await self.ctx.backend.get_volume(volume_id)
+        device = await self.ctx.backend.device_path(volume_id)
+        mounted = await paths.mounted_device(path)
+        if mounted is None or device is None or mounted != await paths.device_number(device):
+            raise errors.NotFound(f"volume {volume_id} is not staged or published at {path}")
         usage = await paths.path_usage(path)
         if usage is None:
             raise errors.NotFound(f"volume path {path} does not exist")
         condition = volume.condition
-        if not condition.abnormal and await paths.mounted_device(path) is None:
-            condition = type(condition)(abnormal=True, message=f"{path} is not mounted")
         unit = csi.VolumeUsageUnit
         entries = [csi.VolumeUsage(available=usage.available_bytes, total=usage.total_bytes, used=usage.used_bytes,
                                    unit=unit.BYTES)]

@@ -27,6 +27,7 @@ from backends.system.runner import Runner
 from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
 from csi.controller import ControllerService
+from csi.gen.csi import v1 as csi
 from csi.identity import IdentityService
 from csi.metrics import DriverMetrics
 from csi.node import NodeService
@@ -55,11 +56,10 @@ class Endpoint:
 
 
 def build_services(ctx: ServiceContext, runner: Runner) -> list[object]:
+    """The servicers for the mode; a service the mode does not offer answers UNIMPLEMENTED to every call."""
     services: list[object] = [IdentityService(ctx)]
-    if ctx.config.mode.serves_controller:
-        services.append(ControllerService(ctx))
-    if ctx.config.mode.serves_node:
-        services.append(NodeService(ctx, runner))
+    services.append(ControllerService(ctx) if ctx.config.mode.serves_controller else csi.ControllerBase())
+    services.append(NodeService(ctx, runner) if ctx.config.mode.serves_node else csi.NodeBase())
     return services
 
 

@@ -115,6 +115,8 @@ class RequestedAccess:
     fs_type: str
     mount_flags: tuple[str, ...]
     read_only: bool
+    #: SINGLE_NODE_SINGLE_WRITER: at most one publish target.
+    single_writer: bool = False
 
     @property
     def access_type(self) -> AccessType:
@@ -152,10 +154,11 @@ def capability(cap: csi.VolumeCapability, features: Features) -> RequestedAccess
     if mode not in SINGLE_NODE_MODES:
         raise UnsupportedCapability(f"access mode {mode.name} is not supported: volumes are local to one node")
     read_only = mode in READ_ONLY_MODES
+    single = mode == Mode.SINGLE_NODE_SINGLE_WRITER
     if kind == "block":
         if not features.block:
             raise UnsupportedCapability("this backend does not provide raw block volumes")
-        return RequestedAccess(frozenset({AccessType.BLOCK}), "", (), read_only)
+        return RequestedAccess(frozenset({AccessType.BLOCK}), "", (), read_only, single)
     assert isinstance(value, csi.VolumeCapabilityMountVolume)
     if not features.filesystem:
         raise UnsupportedCapability("this backend does not provide filesystem volumes")
@@ -165,7 +168,7 @@ def capability(cap: csi.VolumeCapability, features: Features) -> RequestedAccess
     for flag in value.mount_flags:
         _printable(flag, "mount flag")
     paths.check_mount_options(list(value.mount_flags))
-    return RequestedAccess(frozenset({AccessType.MOUNT}), fs_type, tuple(value.mount_flags), read_only)
+    return RequestedAccess(frozenset({AccessType.MOUNT}), fs_type, tuple(value.mount_flags), read_only, single)
 
 
 def capabilities(caps: Sequence[csi.VolumeCapability], features: Features) -> RequestedAccess:
@@ -182,6 +185,7 @@ def capabilities(caps: Sequence[csi.VolumeCapability], features: Features) -> Re
         next(iter(fs_types), ""),
         flags,
         all(p.read_only for p in parsed),
+        any(p.single_writer for p in parsed),
     )
 
 

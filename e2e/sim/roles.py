@@ -69,6 +69,8 @@ class Provisioner:
     def __init__(self, node: SimNode, caller: Caller, driver_name: str) -> None:
         self.node, self.caller, self.driver_name = node, caller, driver_name
         self.controller_caps: set[CRpc] = set()
+        #: Why the last capacity poll published nothing ('' when it did).
+        self.capacity_error = ""
 
     @property
     def driver(self) -> DriverInstance:
@@ -101,8 +103,10 @@ class Provisioner:
         )
         try:
             resp = await self.caller.call(self.driver, "GetCapacity", lambda s: s.controller.get_capacity(request))
-        except CallFailed:
+        except CallFailed as exc:
+            self.capacity_error = str(exc)
             return None  # the controller logs it and keeps no CSIStorageCapacity for this segment
+        self.capacity_error = ""
         return CapacityObject(sc.name, self.node.name, resp.available_capacity, resp.maximum_volume_size or 0)
 
     def create_request(self, claim: Claim) -> csi.CreateVolumeRequest:
@@ -194,7 +198,8 @@ class Scheduler:
         unbound = [c for c in pod.claims if c.pv is None]
         fitting = [n for n in candidates if all(self.fits(c, n) for c in unbound)]
         if not fitting:
-            raise Unschedulable(f"no node has capacity for pod {pod.name}'s claims")
+            why = "; ".join(f"{n}: {p.capacity_error}" for n, p in self.provisioners.items() if p.capacity_error)
+            raise Unschedulable(f"no node has capacity for pod {pod.name}'s claims" + (f" ({why})" if why else ""))
         node = self.rng.choice(fitting)
         for claim in unbound:
             claim.selected_node = node
