@@ -160,7 +160,7 @@ class ControllerService(Servicer, csi.ControllerBase):
             return csi.GetCapacityResponse(available_capacity=0, maximum_volume_size=0)
         if message.volume_capabilities:
             try:
-                v.capabilities(message.volume_capabilities, self.ctx.features)
+                v.capabilities(message.volume_capabilities, self.ctx.features, any_mode=True)
             except v.UnsupportedCapability:
                 return csi.GetCapacityResponse(available_capacity=0, maximum_volume_size=0)
         capacity = await self.ctx.backend.get_capacity(dict(message.parameters))

@@ -146,9 +146,14 @@ def _which(message: betterproto2.Message, group: str) -> tuple[str, object]:
         raise errors.InvalidArgument(f"more than one {group} is set") from exc
 
 
-def capability(cap: csi.VolumeCapability, features: Features) -> RequestedAccess:
+def capability(cap: csi.VolumeCapability, features: Features, *, any_mode: bool = False) -> RequestedAccess:
+    """Parse one capability. ``any_mode``: the access mode may be absent or UNKNOWN (GetCapacity, where
+    the external-provisioner sends the StorageClass's access type without a mode)."""
     kind, value = _which(cap, "access_type")
-    mode = _access_mode(cap)
+    if any_mode and (cap.access_mode is None or cap.access_mode.mode == Mode.UNKNOWN):
+        mode = Mode.SINGLE_NODE_WRITER
+    else:
+        mode = _access_mode(cap)
     if not kind:
         raise errors.InvalidArgument("volume capability sets neither block nor mount")
     if mode not in SINGLE_NODE_MODES:
@@ -171,11 +176,13 @@ def capability(cap: csi.VolumeCapability, features: Features) -> RequestedAccess
     return RequestedAccess(frozenset({AccessType.MOUNT}), fs_type, tuple(value.mount_flags), read_only, single)
 
 
-def capabilities(caps: Sequence[csi.VolumeCapability], features: Features) -> RequestedAccess:
+def capabilities(
+    caps: Sequence[csi.VolumeCapability], features: Features, *, any_mode: bool = False
+) -> RequestedAccess:
     """Merge a non-empty list of capabilities; every one must be supported."""
     if not caps:
         raise errors.InvalidArgument("volume_capabilities is required")
-    parsed = [capability(c, features) for c in caps]
+    parsed = [capability(c, features, any_mode=any_mode) for c in caps]
     fs_types = {p.fs_type for p in parsed if p.fs_type}
     if len(fs_types) > 1:
         raise UnsupportedCapability(f"capabilities ask for more than one filesystem: {sorted(fs_types)}")

@@ -216,3 +216,17 @@ async def test_list_volumes_pages_in_order() -> None:
             if not token:
                 break
     assert seen == sorted(backend.volumes) and pages == 3
+
+
+async def test_get_capacity_accepts_the_provisioners_mode_less_capability() -> None:
+    """external-provisioner's capacity controller sends the access type with access mode UNKNOWN."""
+    async with serve(ScriptedBackend()) as ch:
+        cap = csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="ext4"),
+                                   access_mode=csi.VolumeCapabilityAccessMode())
+        resp = await csi.ControllerStub(ch).get_capacity(csi.GetCapacityRequest(
+            volume_capabilities=[cap], accessible_topology=csi.Topology(
+                segments={"topology.localcsi.dev/node": "n1"})))
+        assert (resp.available_capacity, resp.maximum_volume_size) == (100, 50)
+        ntfs = csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="ntfs"))
+        none = await csi.ControllerStub(ch).get_capacity(csi.GetCapacityRequest(volume_capabilities=[ntfs]))
+        assert none.available_capacity == 0

@@ -43,6 +43,7 @@ async def run_scenario(backend: str, name: str) -> None:
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", SELECTED)
 async def test_loopfile(name: str) -> None:
@@ -51,6 +52,7 @@ async def test_loopfile(name: str) -> None:
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", SELECTED)
 async def test_rawdisk(name: str) -> None:
@@ -60,6 +62,7 @@ async def test_rawdisk(name: str) -> None:
 @pytest.mark.kernel
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # qemu TCG: three Python drivers start up an order of magnitude slower
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", SELECTED)
 async def test_lvm(name: str) -> None:
