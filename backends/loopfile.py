@@ -59,6 +59,7 @@ from backends.base import (
     published,
     snapshot_id_for,
 )
+from backends.faults import fault_point
 from backends.metadata import fsync_directory, load_record, write_record
 from backends.system import loop, reflink
 from backends.system import mount as mnt
@@ -445,14 +446,17 @@ class LoopfileBackend:
             block_size=LOGICAL_BLOCK_BYTES if source is None else source.block_size,
         )
         await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
+        fault_point("create.after_meta")
         try:
             if source is None:
                 await anyio.to_thread.run_sync(self._make_image, self._image(volume_id), size, thin)
             else:
                 await self._copy_consistent(source, self._image(volume_id))
                 await anyio.to_thread.run_sync(self._fit_image, self._image(volume_id), size, thin)
+            fault_point("create.after_image")
             record = replace(record, state=READY)
             await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
+            fault_point("create.after_ready")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._remove_files(volume_id)
@@ -620,6 +624,7 @@ class LoopfileBackend:
         try:
             deleting = replace(record, state=DELETING)
             await anyio.to_thread.run_sync(write_record, self._meta(volume_id), deleting.to_json())
+            fault_point("delete.after_mark")
             await self._remove_files(volume_id)
         except BaseException:
             self._records[volume_id] = record
@@ -694,6 +699,7 @@ class LoopfileBackend:
                 os.close(fd)
 
         await anyio.to_thread.run_sync(grow)
+        fault_point("expand.after_grow")
         grown = replace(record, capacity_bytes=new_size)
         await anyio.to_thread.run_sync(write_record, self._meta(volume_id), grown.to_json())
         self._records[volume_id] = grown

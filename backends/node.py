@@ -19,6 +19,7 @@ import anyio
 from loguru import logger
 
 from backends.errors import DeviceNotBlank, InvalidArgument, PreconditionFailed, VolumeInUse
+from backends.faults import fault_point
 from backends.system import blkid, mkfs
 from backends.system import fs as fs_tools
 from backends.system import mount as mnt
@@ -56,6 +57,7 @@ async def ensure_formatted(runner: Runner, device: str, fs_type: str, *, mkfs_op
     found = await blkid.probe(runner, device)
     if found.blank:
         await mkfs.make_filesystem(runner, device, fs_type, options=mkfs_options)
+        fault_point("stage.after_mkfs")
         return True
     if not found.ambiguous and not found.pt_type and found.usage == "filesystem" and found.fs_type == fs_type:
         logger.debug("{dev} already holds {fs}", dev=device, fs=fs_type)

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from loguru import logger
 
-from backends import errors
+from backends import errors, faults
 
 LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -108,6 +108,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     mode = Mode(args.mode)
+    try:
+        faults.arm(_env(faults.ENV_VAR))
+    except ValueError as exc:
+        return fail(str(exc))
     node_id = args.node_id or socket.gethostname()
     if mode.has_storage and os.geteuid() != 0:
         return fail("node and all modes need root (mounts, loop devices); run as root or use --mode controller")

@@ -15,6 +15,7 @@ import anyio
 
 from backends import errors, node, paths
 from backends.base import AccessType
+from backends.faults import fault_point
 from backends.system.runner import Runner
 from csi import validation as v
 from csi.capabilities import node_rpcs
@@ -60,6 +61,7 @@ class NodeService(Servicer, csi.NodeBase):
             await backend.get_volume(volume_id)
             was_attached = await backend.device_path(volume_id) is not None
             device = await backend.attach(volume_id, readonly=access.read_only)
+            fault_point("stage.after_attach")
             try:
                 await self._stage(device, staging, access)
             except BaseException:
@@ -79,6 +81,7 @@ class NodeService(Servicer, csi.NodeBase):
                 await node.ensure_formatted(self.runner, device, access.fs_type)
             await node.ensure_mounted(device, staging, access.fs_type, options=access.mount_flags,
                                       readonly=access.read_only)
+            fault_point("stage.after_mount")
             if not access.read_only:
                 # A volume restored or cloned into a larger size carries its source's smaller filesystem.
                 await node.ensure_filesystem_grown(self.runner, device, staging, access.fs_type)

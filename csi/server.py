@@ -15,15 +15,20 @@ import socket
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import anyio
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 from loguru import logger
 
 from backends import errors
 from backends.base import Backend, Features
 from backends.system.runner import Runner
+from csi import wire
 from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
 from csi.controller import ControllerService
@@ -53,6 +58,17 @@ class Endpoint:
         if url.scheme == "tcp" and url.hostname and url.port:
             return cls(host=url.hostname, port=url.port)
         raise ValueError(f"endpoint must be unix:///path or tcp://host:port, not {value!r}")
+
+
+class RequestCodec(ProtoCodec):
+    """grpclib's protobuf codec, but a request that does not parse is INVALID_ARGUMENT, not UNKNOWN."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            wire.check(data, message_type)
+            return super().decode(data, message_type)
+        except Exception as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request message: {type(exc).__name__}") from exc
 
 
 def build_services(ctx: ServiceContext, runner: Runner) -> list[object]:
@@ -109,7 +125,7 @@ class DriverServer:
         self.stopping = anyio.Event()
 
     async def _listen(self) -> Server:
-        server = Server(self.services)  # type: ignore[arg-type]
+        server = Server(self.services, codec=RequestCodec())  # type: ignore[arg-type]
         if self.endpoint.path:
             directory = os.path.dirname(self.endpoint.path)
             await anyio.to_thread.run_sync(lambda: os.makedirs(directory, mode=0o750, exist_ok=True))

@@ -165,6 +165,11 @@ class LogicalVolume:
         return self.segtype == "thin-pool"
 
     @property
+    def activation_skip(self) -> bool:
+        """LVM skips this LV on ordinary activation (``k``, set on thin snapshots by default)."""
+        return self.attr[9] == "k"
+
+    @property
     def hidden(self) -> bool:
         return self.name.startswith("[")
 
@@ -299,6 +304,23 @@ class Lvm:
     async def create_thin(self, vg: str, pool: str, name: str, size_bytes: int, tags: Iterable[str]) -> None:
         args = ["-q", "-y", "--type", "thin", "-V", size_arg(size_bytes), "--thinpool", pool, "-n", name]
         await self.run("lvcreate", [*args, *_tag_args("--addtag", tags), "--", vg])
+
+    async def create_thin_snapshot(
+        self, vg: str, origin: str, name: str, tags: Iterable[str], *, activation_skip: bool
+    ) -> None:
+        """A thin snapshot of the thin LV ``origin`` (no size: it shares the origin's pool).
+
+        With ``activation_skip`` the new LV carries LVM's skip flag (``k``) and is
+        not activated (what a snapshot wants); without it, it is an ordinary thin
+        LV that ``lvchange -ay`` activates (what a restored or cloned volume wants).
+        An active origin is suspended for the instant of the snapshot.
+        """
+        args = ["-q", "-y", "-s", "-n", name, "--setactivationskip", "y" if activation_skip else "n"]
+        await self.run("lvcreate", [*args, *_tag_args("--addtag", tags), "--", f"{vg}/{origin}"])
+
+    async def activate_skipped(self, vg: str, name: str) -> None:
+        """Activate an LV that carries the activation-skip flag (``-K``)."""
+        await self.run("lvchange", ["-q", "-ay", "-K", "--", f"{vg}/{name}"])
 
     async def remove(self, vg: str, name: str) -> None:
         await self.run("lvremove", ["-q", "-y", "--", f"{vg}/{name}"])

@@ -1,0 +1,1 @@
+"""The reliability and security campaign: fuzzing, crash consistency, exhaustion, signatures, exposure, load."""

@@ -1,0 +1,157 @@
+"""What every phase shares: the phase result record, a scratch node, and outside-world snapshots.
+
+Leak and escape checks read mountinfo and sysfs through :mod:`e2e.sim.host`,
+never through the driver's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from grpclib.const import Status
+
+from e2e.sim import host
+from e2e.sim.driver import DriverInstance
+from e2e.sim.stats import Stats
+
+MIB = 1 << 20
+NODE_ID = "rel-node"
+DRIVER_NAME = "localcsi.dev"
+#: Codes a driver may answer a client mistake with (the spec's error tables); anything else is a finding.
+DOCUMENTED = frozenset({
+    Status.OK, Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.ALREADY_EXISTS, Status.OUT_OF_RANGE,
+    Status.RESOURCE_EXHAUSTED, Status.FAILED_PRECONDITION, Status.ABORTED, Status.UNIMPLEMENTED,
+})
+
+
+@dataclass
+class PhaseResult:
+    """One phase's figures and findings; any finding fails the campaign."""
+
+    name: str
+    figures: dict[str, object] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def fail(self, message: str) -> None:
+        self.findings.append(message)
+
+    def check(self, condition: bool, message: str) -> None:
+        if not condition:
+            self.findings.append(message)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+@dataclass
+class ScratchNode:
+    """A driver on a size-limited tmpfs data dir with its own kubelet dir, torn down whatever happens."""
+
+    root: Path
+    driver: DriverInstance
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "storage" / "volumes"
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.root / "kubelet"
+
+    def image(self, volume_id: str) -> Path:
+        return self.data_dir / f"{volume_id}.img"
+
+
+def driver_args(root: Path, extra: list[str]) -> list[str]:
+    return ["--node-id", NODE_ID, "--driver-name", DRIVER_NAME, "--backend", "loopfile",
+            "--loopfile-dir", str(root / "storage" / "volumes"), "--kubelet-dir", str(root / "kubelet"), *extra]
+
+
+@contextlib.asynccontextmanager
+async def scratch_node(prefix: str, storage_bytes: int, extra: list[str] | None = None,
+                       stats: Stats | None = None) -> AsyncIterator[ScratchNode]:
+    root = Path(tempfile.mkdtemp(prefix=f"rel-{prefix}-"))
+    storage = root / "storage"
+    await anyio.Path(storage).mkdir()
+    await anyio.Path(root / "kubelet").mkdir()
+    await host.arun(["mount", "-t", "tmpfs", "-o", f"size={storage_bytes},mode=0700", "localcsi-rel", str(storage)])
+    node = ScratchNode(root, DriverInstance(root, driver_args(root, extra or []), stats or Stats()), extra or [])
+    try:
+        await node.driver.start()
+        yield node
+    finally:
+        with anyio.CancelScope(shield=True):
+            await teardown(node)
+
+
+async def teardown(node: ScratchNode) -> None:
+    with contextlib.suppress(Exception):
+        await node.driver.kill9()
+    node.driver._close_log()
+    await anyio.to_thread.run_sync(force_clean, node.root)
+
+
+def force_clean(root: Path) -> None:
+    """Unmount everything under ``root`` (deepest first), detach its loop devices, remove it."""
+    for point in sorted(set(host.mounts_under(root)), key=len, reverse=True):
+        for _ in range(host.mount_count(Path(point))):
+            host.run(["umount", "-l", point], check=False)
+    for info in host.loops_backed_under(root):
+        host.run(["losetup", "-d", info.device], check=False)
+    if not host.mounts_under(root):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mount_set() -> Counter[str]:
+    return Counter(host.mount_points())
+
+
+def loop_backings() -> set[str]:
+    return {info.backing_file for info in host.attached_loops()}
+
+
+def tree_state(path: Path) -> dict[str, tuple[int, int, int, str]]:
+    """(mode, size, mtime ns, link target) of everything under ``path``, for before/after comparison."""
+    state: dict[str, tuple[int, int, int, str]] = {}
+    if not path.exists():
+        return state
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            st = full.lstat()
+            target = os.readlink(full) if full.is_symlink() else ""
+            state[str(full)] = (st.st_mode, st.st_size, st.st_mtime_ns, target)
+    return state
+
+
+def listing(path: Path, *, skip_prefixes: tuple[str, ...] = ()) -> set[str]:
+    try:
+        return {n for n in os.listdir(path) if not n.startswith(skip_prefixes)}
+    except OSError:
+        return set()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def log_lines(node: ScratchNode) -> list[str]:
+    try:
+        return node.driver.log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
