@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Protocol, runtime_checkable
 
+from backends.errors import InvalidArgument, SnapshotNotFound, VolumeConflict
+
 #: Topology key every volume carries: ``topology.localcsi.dev/node=<node id>``.
 TOPOLOGY_KEY = "topology.localcsi.dev/node"
 
@@ -59,8 +61,6 @@ def published(
     """
     if node_id in node_ids:
         if (node_id in readonly_ids) != readonly:
-            from backends.errors import VolumeConflict
-
             raise VolumeConflict(f"the volume is already published to {node_id!r} "
                                  f"{'read-only' if node_id in readonly_ids else 'read-write'}")
         return None
@@ -227,3 +227,25 @@ class Backend(Protocol):
     async def get_snapshot(self, snapshot_id: str) -> Snapshot: ...
 
     async def list_snapshots(self) -> list[Snapshot]: ...
+
+
+class WithoutSnapshots:
+    """Mixin for backends that cannot hold snapshots (``features.snapshots`` is False).
+
+    The capability is then not advertised, so the sidecars never call these; a
+    direct call still gets a clear INVALID_ARGUMENT, and lookups find nothing.
+    """
+
+    name: ClassVar[str]
+
+    async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
+        raise InvalidArgument(f"the {self.name} backend does not support snapshots")
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        raise InvalidArgument(f"the {self.name} backend does not support snapshots")
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        raise SnapshotNotFound(snapshot_id)
+
+    async def list_snapshots(self) -> list[Snapshot]:
+        return []

@@ -19,6 +19,14 @@ instance finds every volume from LVM alone::
     localcsi.dev/name=<CSI name>     or localcsi.dev/name.hex=<hex> when the name has
                                      characters LVM tags cannot hold
     localcsi.dev/published=<node>    (or published.hex=) set by ControllerPublish
+    localcsi.dev/content-source=snapshot:<id> | volume:<id>   a restored or cloned volume
+
+A snapshot is an LV named by its snapshot id (``lcs-`` + 32 hex digits, from
+``snapshot_id_for(name)``) with the owner and format tags and::
+
+    localcsi.dev/snapshot-name=<CSI name>   (or .hex=)
+    localcsi.dev/source-volume=<volume id>
+    localcsi.dev/created=<ISO 8601 UTC time>
 
 Capacity. Thick: the VG's free extents (a linear LV may span every PV, so the
 largest volume is all of it). Thin: ``pool size × overprovision ratio`` minus the
@@ -39,21 +47,50 @@ Health. ``Volume.condition`` comes from ``lv_attr`` and ``lv_health_status``
 (a missing PV makes the LV partial; suspended or table-less devices; a thin
 pool out of data or metadata space).
 
-Snapshots are not supported yet (``features.snapshots`` is False).
+Snapshots and clones (only with a thin pool: ``features.snapshots`` and
+``features.clones`` follow ``--lvm-thinpool``). A snapshot is a thin snapshot of
+a thin volume (``lvcreate -s`` without a size): it costs nothing until either
+side is written, and carries LVM's activation-skip flag, so it is never
+activated. A mounted source filesystem is frozen (FIFREEZE) around the
+``lvcreate``; LVM then suspends the origin for the instant of the snapshot. A
+restored volume is a thin snapshot *of the snapshot*, a clone a thin snapshot of
+the source volume, both made without the skip flag: an independent thin LV (any
+of the three can be deleted first), grown with ``lvextend`` when a larger size is
+asked for. Snapshots count their full virtual size against the thin budget, like
+any thin LV. Thick volumes cannot be snapshotted or cloned (INVALID_ARGUMENT,
+naming the reason): a consistent copy would cost the full size and a block copy
+of the whole volume; and a restored volume is always thin (asking for
+``type=thick`` with a content source is INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import anyio
 from loguru import logger
 
 from backends import errors, paths
-from backends.base import Capacity, Condition, Features, Snapshot, Volume, VolumeSpec, is_volume_id
+from backends.base import (
+    Capacity,
+    Condition,
+    ContentSource,
+    Features,
+    Snapshot,
+    SourceKind,
+    Volume,
+    VolumeSpec,
+    is_snapshot_id,
+    is_volume_id,
+    snapshot_id_for,
+)
+from backends.system import mount as mnt
+from backends.system import reflink
 from backends.system.errors import CommandError
 from backends.system.lvm import LogicalVolume, LogicalVolumeNotFound, Lvm, VolumeGroup, VolumeGroupNotFound
 from backends.system.runner import Runner
@@ -74,6 +111,11 @@ TAG_OWNER = "localcsi.dev/owner=localcsi"
 TAG_FORMAT = "localcsi.dev/format=1"
 TAG_NAME = "localcsi.dev/name"
 TAG_PUBLISHED = "localcsi.dev/published"
+TAG_CONTENT_SOURCE = "localcsi.dev/content-source"
+TAG_SNAPSHOT_NAME = "localcsi.dev/snapshot-name"
+TAG_SOURCE_VOLUME = "localcsi.dev/source-volume"
+TAG_CREATED = "localcsi.dev/created"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLAIN = re.compile(r"^[A-Za-z0-9_+.\-:]{1,900}$")
 
 
@@ -103,6 +145,44 @@ def decode_tags(tags: Iterable[str], key: str) -> list[str]:
 
 def owned(lv: LogicalVolume) -> bool:
     return TAG_OWNER in lv.tags and is_volume_id(lv.name) and not lv.hidden
+
+
+def owned_snapshot(lv: LogicalVolume) -> bool:
+    return TAG_OWNER in lv.tags and is_snapshot_id(lv.name) and not lv.hidden
+
+
+def content_source_of(lv: LogicalVolume) -> ContentSource | None:
+    for value in decode_tags(lv.tags, TAG_CONTENT_SOURCE):
+        kind, _, source_id = value.partition(":")
+        with contextlib.suppress(ValueError):
+            return ContentSource(SourceKind(kind), source_id)
+    return None
+
+
+def source_tag(source: ContentSource) -> str:
+    return encode_tag(TAG_CONTENT_SOURCE, f"{source.kind.value}:{source.source_id}")
+
+
+def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:
+    for key in parameters:
+        if not key.startswith(IGNORED_PARAM_PREFIXES):
+            raise errors.UnsupportedParameter(f"unknown snapshot parameter {key!r} for the lvm backend")
+
+
+def to_snapshot(lv: LogicalVolume) -> Snapshot:
+    names = decode_tags(lv.tags, TAG_SNAPSHOT_NAME)
+    sources = decode_tags(lv.tags, TAG_SOURCE_VOLUME)
+    created = EPOCH
+    for value in decode_tags(lv.tags, TAG_CREATED):
+        with contextlib.suppress(ValueError):
+            created = datetime.fromisoformat(value)
+    return Snapshot(
+        snapshot_id=lv.name,
+        name=names[0] if names else "",
+        source_volume_id=sources[0] if sources else "",
+        size_bytes=lv.size_bytes,
+        creation_time=created,
+    )
 
 
 def parse_type(parameters: Mapping[str, str], default_thin: bool, has_pool: bool) -> bool:
@@ -138,6 +218,7 @@ def to_volume(lv: LogicalVolume, condition: Condition | None = None) -> Volume:
         name=names[0] if names else "",
         capacity_bytes=lv.size_bytes,
         context={CONTEXT_BACKEND: "lvm", CONTEXT_PROVISIONING: "thin" if lv.thin else "thick"},
+        source=content_source_of(lv),
         published_node_ids=tuple(sorted(decode_tags(lv.tags, TAG_PUBLISHED))),
         condition=condition or condition_of(lv, None),
     )
@@ -161,13 +242,14 @@ class LvmBackend:
         self._runner = runner
         self._extent = 4 * MIB
         self._index: dict[str, LogicalVolume] = {}
+        self._snapshots: dict[str, LogicalVolume] = {}
         self._pool_lock = anyio.Lock()
         self._features = Features(
             block=True,
             filesystem=True,
             expansion=True,
-            snapshots=False,
-            clones=False,
+            snapshots=self._pool is not None,
+            clones=self._pool is not None,
             fs_types=("ext4", "xfs"),
             min_fs_bytes=MIN_FS_BYTES,
         )
@@ -197,13 +279,16 @@ class LvmBackend:
         vg = await self._checked_vg()
         self._extent = vg.extent_size_bytes
         await self._checked_pool()
-        self._index = {lv.name: lv for lv in await self._lvm.logical_volumes(self._vg) if owned(lv)}
+        lvs = await self._lvm.logical_volumes(self._vg)
+        self._index = {lv.name: lv for lv in lvs if owned(lv)}
+        self._snapshots = {lv.name: lv for lv in lvs if owned_snapshot(lv)}
         logger.info(
-            "lvm backend on VG {vg} (pool {pool}, {lvm}): {n} volumes",
+            "lvm backend on VG {vg} (pool {pool}, {lvm}): {n} volumes, {s} snapshots",
             vg=self._vg,
             pool=self._pool,
             lvm=version,
             n=len(self._index),
+            s=len(self._snapshots),
         )
 
     async def _checked_vg(self) -> VolumeGroup:
@@ -266,14 +351,14 @@ class LvmBackend:
 
     async def create_volume(self, spec: VolumeSpec) -> Volume:
         thin = parse_type(spec.parameters, self._pool is not None, self._pool is not None)
-        if spec.source is not None:
-            raise errors.InvalidArgument("creating a volume from a snapshot or volume is not supported yet")
         volume_id = spec.volume_id
         existing = await self._lvm.logical_volume(self._vg, volume_id)
         if existing is not None:
             return self._check_compatible(existing, spec, thin)
-        size = self._size_for(spec)
         tags = [TAG_OWNER, TAG_FORMAT, encode_tag(TAG_NAME, spec.name)]
+        if spec.source is not None:
+            return await self._create_from_source(spec, spec.source, thin, tags)
+        size = self._size_for(spec)
         if thin:
             assert self._pool is not None
             async with self._pool_lock:
@@ -312,8 +397,99 @@ class LvmBackend:
             )
         if lv.thin != thin:
             raise errors.VolumeConflict(f"volume {spec.name!r} exists as a {'thin' if lv.thin else 'thick'} LV")
+        if content_source_of(lv) != spec.source:
+            raise errors.VolumeConflict(f"volume {spec.name!r} exists with another content source")
         self._index[lv.name] = lv
         return to_volume(lv)
+
+    async def _create_from_source(self, spec: VolumeSpec, source: ContentSource, thin: bool,
+                                  tags: list[str]) -> Volume:
+        """A restore (thin snapshot of the snapshot) or a clone (thin snapshot of the volume)."""
+        if self._pool is None:
+            raise errors.InvalidArgument("restoring and cloning need a thin pool (--lvm-thinpool)")
+        if not thin:
+            raise errors.InvalidArgument(
+                f"a volume restored or cloned by the lvm backend is a thin LV; {PARAM_TYPE}=thick cannot be honoured"
+            )
+        origin = await self._origin(source)
+        size = self._size_for_copy(spec, origin.size_bytes)
+        volume_id = spec.volume_id
+        async with self._pool_lock:
+            await self._reserve_thin(size)
+            async with self._consistent(origin):
+                await self._lvm.create_thin_snapshot(
+                    self._vg, origin.name, volume_id, [*tags, source_tag(source)], activation_skip=False
+                )
+            with anyio.CancelScope(shield=True):
+                try:
+                    if size > origin.size_bytes:
+                        await self._lvm.extend(self._vg, volume_id, size)
+                    await self._lvm.deactivate(self._vg, volume_id)
+                except BaseException:
+                    await self._lvm.remove(self._vg, volume_id)
+                    raise
+                lv = await self._require(volume_id)
+        logger.info(
+            "created thin LV {vg}/{id} of {size} bytes for {name!r} from {kind} {source}",
+            vg=self._vg,
+            id=volume_id,
+            size=lv.size_bytes,
+            name=spec.name,
+            kind=source.kind.value,
+            source=source.source_id,
+        )
+        return to_volume(lv)
+
+    async def _origin(self, source: ContentSource) -> LogicalVolume:
+        if source.kind is SourceKind.SNAPSHOT:
+            return await self._require_snapshot(source.source_id)
+        origin = await self._lookup(source.source_id)
+        if origin is None:
+            raise errors.VolumeNotFound(source.source_id)
+        if not origin.thin:
+            raise errors.InvalidArgument(
+                f"volume {origin.name} is a thick LV: only thin volumes can be cloned (a thick clone would be "
+                "a full block copy)"
+            )
+        return origin
+
+    def _size_for_copy(self, spec: VolumeSpec, source_bytes: int) -> int:
+        """At least the source's size (no smaller filesystem holds its data), in whole extents."""
+        size = round_up(spec.required_bytes, self._extent) if spec.required_bytes else source_bytes
+        if size < source_bytes:
+            raise errors.OutOfRange(
+                f"the content source holds {source_bytes} bytes; a volume of {spec.required_bytes} bytes cannot "
+                "hold it"
+            )
+        if spec.limit_bytes and size > spec.limit_bytes:
+            raise errors.OutOfRange(
+                f"the content source holds {source_bytes} bytes, more than the limit of {spec.limit_bytes} bytes"
+            )
+        return size
+
+    @contextlib.asynccontextmanager
+    async def _consistent(self, origin: LogicalVolume) -> AsyncIterator[None]:
+        """Hold a mounted filesystem on ``origin`` frozen for the body (nothing to do when it is not mounted)."""
+        mounts, rdev = await self._filesystem_mounts(origin) if origin.active else ([], 0)
+        if not mounts:
+            yield
+            return
+        async with reflink.frozen(mounts[0], rdev):
+            yield
+
+    async def _filesystem_mounts(self, lv: LogicalVolume) -> tuple[list[str], int]:
+        """Mount points of a filesystem on the active ``lv`` (bind mounts of the device node excluded)."""
+        for path in (lv.path, lv.dm_path):
+            if not path:
+                continue
+            try:
+                rdev = (await anyio.Path(path).stat()).st_rdev
+            except OSError:
+                continue
+            wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
+            found = [e.mount_point for e in await mnt.mounts() if e.major_minor == wanted and e.fs_type != "devtmpfs"]
+            return found, rdev
+        return [], 0
 
     async def _thin_available(self) -> tuple[int, LogicalVolume]:
         """Bytes of virtual size the pool may still hand out, and the pool."""
@@ -412,6 +588,9 @@ class LvmBackend:
         if not lv.active:
             await self._lvm.activate(self._vg, volume_id)
             lv = await self._require(volume_id)
+            if not lv.active and lv.activation_skip:
+                await self._lvm.activate_skipped(self._vg, volume_id)
+                lv = await self._require(volume_id)
             logger.info("activated LV {vg}/{id}", vg=self._vg, id=volume_id)
         return await self._lvm.device_node(lv)
 
@@ -443,18 +622,77 @@ class LvmBackend:
         # lvextend reloads the table of an active LV: the device already has its new size.
         return await block_device_size(device)
 
-    # snapshots (not yet) ------------------------------------------------------
+    # snapshots ------------------------------------------------------------------
+    async def _lookup_snapshot(self, snapshot_id: str) -> LogicalVolume | None:
+        if not is_snapshot_id(snapshot_id):
+            return None
+        lv = await self._lvm.logical_volume(self._vg, snapshot_id)
+        if lv is None or not owned_snapshot(lv):
+            self._snapshots.pop(snapshot_id, None)
+            return None
+        self._snapshots[snapshot_id] = lv
+        return lv
+
+    async def _require_snapshot(self, snapshot_id: str) -> LogicalVolume:
+        lv = await self._lookup_snapshot(snapshot_id)
+        if lv is None:
+            raise errors.SnapshotNotFound(snapshot_id)
+        return lv
+
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
-        raise errors.InvalidArgument("snapshots are not supported yet")
+        check_snapshot_parameters(parameters)
+        snapshot_id = snapshot_id_for(name)
+        existing = await self._lvm.logical_volume(self._vg, snapshot_id)
+        if existing is not None:
+            if not owned_snapshot(existing):
+                raise errors.SnapshotConflict(f"an LV {self._vg}/{snapshot_id} not created by localcsi is in the way")
+            if name not in decode_tags(existing.tags, TAG_SNAPSHOT_NAME) or source_volume_id not in decode_tags(
+                existing.tags, TAG_SOURCE_VOLUME
+            ):
+                raise errors.SnapshotConflict(f"snapshot {name!r} exists with another source volume")
+            self._snapshots[snapshot_id] = existing
+            return to_snapshot(existing)
+        source = await self._require(source_volume_id)
+        if self._pool is None or not source.thin:
+            raise errors.InvalidArgument(
+                f"volume {source_volume_id} is a thick LV: the lvm backend snapshots thin volumes only "
+                f"({PARAM_TYPE}=thin in a VG with --lvm-thinpool)"
+            )
+        tags = [
+            TAG_OWNER,
+            TAG_FORMAT,
+            encode_tag(TAG_SNAPSHOT_NAME, name),
+            encode_tag(TAG_SOURCE_VOLUME, source_volume_id),
+            encode_tag(TAG_CREATED, datetime.now(UTC).isoformat()),
+        ]
+        async with self._pool_lock:
+            await self._reserve_thin(source.size_bytes)
+            async with self._consistent(source):
+                await self._lvm.create_thin_snapshot(self._vg, source.name, snapshot_id, tags, activation_skip=True)
+        lv = await self._require_snapshot(snapshot_id)
+        logger.info(
+            "created thin snapshot {vg}/{id} of volume {source} for {name!r}",
+            vg=self._vg,
+            id=snapshot_id,
+            source=source_volume_id,
+            name=name,
+        )
+        return to_snapshot(lv)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        raise errors.InvalidArgument("snapshots are not supported yet")
+        lv = await self._lookup_snapshot(snapshot_id)
+        if lv is None:
+            return
+        with contextlib.suppress(LogicalVolumeNotFound):
+            await self._lvm.remove(self._vg, snapshot_id)
+        self._snapshots.pop(snapshot_id, None)
+        logger.info("deleted snapshot {vg}/{id}", vg=self._vg, id=snapshot_id)
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        raise errors.SnapshotNotFound(snapshot_id)
+        return to_snapshot(await self._require_snapshot(snapshot_id))
 
     async def list_snapshots(self) -> list[Snapshot]:
-        return []
+        return [to_snapshot(self._snapshots[key]) for key in sorted(self._snapshots)]
 
 
 def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> LvmBackend:

@@ -35,7 +35,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
 from backends import errors, paths, rawdisk_claim
-from backends.base import Capacity, Condition, Features, Snapshot, Volume, VolumeSpec, published
+from backends.base import Capacity, Condition, Features, Volume, VolumeSpec, WithoutSnapshots, published
 from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, inspect_one, scan
 from backends.system import disks, gpt, loop, uevents
 from backends.system.runner import Runner, require_tools
@@ -93,7 +93,7 @@ def pick_disk(free: list[Disk], required_bytes: int, limit_bytes: int) -> Disk:
     )
 
 
-class RawdiskBackend:
+class RawdiskBackend(WithoutSnapshots):
     """Whole disks as volumes, claimed with an on-disk GPT mark."""
 
     name: ClassVar[str] = "rawdisk"
@@ -444,19 +444,6 @@ class RawdiskBackend:
     async def refresh_device_size(self, volume_id: str) -> int:
         entry = self._present(volume_id)
         return entry.claim.partition_bytes
-
-    # -- snapshots (never) --------------------------------------------------
-    async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
-        raise errors.InvalidArgument("the rawdisk backend does not support snapshots")
-
-    async def delete_snapshot(self, snapshot_id: str) -> None:
-        raise errors.InvalidArgument("the rawdisk backend does not support snapshots")
-
-    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        raise errors.SnapshotNotFound(snapshot_id)
-
-    async def list_snapshots(self) -> list[Snapshot]:
-        return []
 
 
 def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> RawdiskBackend:
