@@ -8,13 +8,14 @@ so the space a snapshot costs can be measured with ``statvfs``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,10 +241,10 @@ async def test_delete_in_every_order_leaks_nothing(image_fs: ImageFs, backend: L
         snap = await backend.create_snapshot(vol.volume_id, f"snap-{n}", {})
         restored = await backend.create_volume(spec(f"pvc-r{n}", 32 * MIB, ContentSource(SourceKind.SNAPSHOT,
                                                                                           snap.snapshot_id)))
-        removers = {
-            "volume": lambda v=vol.volume_id: backend.delete_volume(v),
-            "snapshot": lambda s=snap.snapshot_id: backend.delete_snapshot(s),
-            "restored": lambda r=restored.volume_id: backend.delete_volume(r),
+        removers: dict[str, Callable[[], Awaitable[None]]] = {
+            "volume": functools.partial(backend.delete_volume, vol.volume_id),
+            "snapshot": functools.partial(backend.delete_snapshot, snap.snapshot_id),
+            "restored": functools.partial(backend.delete_volume, restored.volume_id),
         }
         for what in order:
             await removers[what]()

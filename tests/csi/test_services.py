@@ -13,12 +13,13 @@ from typing import Any
 
 import anyio
 import pytest
+from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.testing import ChannelFor
 
 from backends import errors
-from backends.base import Capacity, Condition, Features, Volume, VolumeSpec
+from backends.base import Backend, Capacity, Condition, Features, Volume, VolumeSpec
 from backends.system.runner import FakeRunner
 from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
@@ -110,10 +111,12 @@ class ScriptedBackend:
 
 
 @asynccontextmanager
-async def serve(backend: ScriptedBackend, mode: Mode = Mode.ALL) -> AsyncIterator[ChannelFor]:
-    ctx = ServiceContext(DriverConfig("localcsi.dev", "n1", "unix:///unused", mode=mode), backend.features,
-                         backend if mode is not Mode.CONTROLLER else None)
-    services = [IdentityService(ctx), ControllerService(ctx), NodeService(ctx, FakeRunner(lambda argv: (0, "", "")))]
+async def serve(backend: ScriptedBackend, mode: Mode = Mode.ALL) -> AsyncIterator[Channel]:
+    assert isinstance(backend, Backend)  # the scripted backend satisfies the protocol
+    storage: Backend | None = backend if mode is not Mode.CONTROLLER else None
+    ctx = ServiceContext(DriverConfig("localcsi.dev", "n1", "unix:///unused", mode=mode), backend.features, storage)
+    services: list[Any] = [IdentityService(ctx), ControllerService(ctx),
+                           NodeService(ctx, FakeRunner(lambda argv: (0, "", "")))]
     async with anyio.create_task_group() as tg:
         ctx.supervisor.bind(tg)
         async with ChannelFor(services) as channel:
