@@ -64,7 +64,6 @@ from backends.metadata import fsync_directory, load_record, write_record
 from backends.system import loop, reflink
 from backends.system import mount as mnt
 from backends.system.runner import Runner, require_tools
-from backends.system.stats import filesystem_stats
 
 SCHEMA = 1
 MIB = 1 << 20
@@ -439,33 +438,67 @@ class LoopfileBackend:
             return self._check_compatible(existing, spec, thin)
         source = self._resolve_source(spec.source) if spec.source is not None else None
         size = self._size_for(spec) if source is None else self._size_for_copy(spec, source.size_bytes)
-        await self._reserve(size, thin)
         record = ImageRecord(
             volume_id=volume_id, name=spec.name, capacity_bytes=size, thin=thin, state=CREATING,
             created_at=datetime.now(UTC).isoformat(), source=spec.source,
             block_size=LOGICAL_BLOCK_BYTES if source is None else source.block_size,
         )
-        await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
-        fault_point("create.after_meta")
-        try:
-            if source is None:
-                await anyio.to_thread.run_sync(self._make_image, self._image(volume_id), size, thin)
-            else:
+        if source is None:
+            # The whole creation is one worker-thread hop: space check, intent record, image, ready record.
+            outstanding = await self._thin_outstanding()
+            await anyio.to_thread.run_sync(self._create_files, record, outstanding)
+        else:
+            await self._reserve(size, thin)
+            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
+            fault_point("create.after_meta")
+            try:
                 await self._copy_consistent(source, self._image(volume_id))
                 await anyio.to_thread.run_sync(self._fit_image, self._image(volume_id), size, thin)
-            fault_point("create.after_image")
-            record = replace(record, state=READY)
-            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
-            fault_point("create.after_ready")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._remove_files(volume_id)
-            raise
+                fault_point("create.after_image")
+                await anyio.to_thread.run_sync(write_record, self._meta(volume_id),
+                                               replace(record, state=READY).to_json())
+                fault_point("create.after_ready")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._remove_files(volume_id)
+                raise
+        record = replace(record, state=READY)
         self._records[volume_id] = record
         if thin:
             self._thin_allocated[volume_id] = 0
-        logger.info("created {} volume {} of {} bytes", "thin" if thin else "thick", volume_id, size)
+        logger.debug("created {} volume {} of {} bytes", "thin" if thin else "thick", volume_id, size)
         return record.to_volume()
+
+    def _create_files(self, record: ImageRecord, thin_outstanding: int) -> None:
+        """Blocking: check space, then write the intent record, the image and the ready record, in that order.
+
+        Any failure removes what this call wrote; a crash leaves a ``creating`` record that start-up clears.
+        """
+        self._check_space(record.capacity_bytes, record.thin, thin_outstanding)
+        write_record(self._meta(record.volume_id), record.to_json())
+        fault_point("create.after_meta")
+        try:
+            self._make_image(self._image(record.volume_id), record.capacity_bytes, record.thin)
+            fault_point("create.after_image")
+            write_record(self._meta(record.volume_id), replace(record, state=READY).to_json())
+            fault_point("create.after_ready")
+        except BaseException:
+            self._remove_files_sync(record.volume_id)
+            raise
+
+    def _available_sync(self, thin_outstanding: int) -> int:
+        """Bytes new volumes may take: free space less what thin volumes may still grow into, in whole MiB."""
+        st = os.statvfs(self._dir)
+        available = max(0, int(st.f_bavail * st.f_frsize - thin_outstanding / self._ratio))
+        return available - available % MIB
+
+    def _check_space(self, size: int, thin: bool, thin_outstanding: int) -> None:
+        available = self._available_sync(thin_outstanding)
+        needed = size / self._ratio if thin else size
+        if needed > available:
+            raise errors.CapacityExhausted(
+                f"not enough space: {size} bytes asked, {available} bytes available on this node"
+            )
 
     def _resolve_source(self, source: ContentSource) -> _CopySource:
         """Where the data of a content source is, and which volume (if any) to freeze while copying it."""
@@ -596,21 +629,17 @@ class LoopfileBackend:
         fsync_directory(os.path.dirname(path))
 
     async def _reserve(self, size: int, thin: bool) -> None:
-        capacity = await self.get_capacity({})
-        needed = size / self._ratio if thin else size
-        if needed > capacity.available_bytes:
-            raise errors.CapacityExhausted(
-                f"not enough space: {size} bytes asked, {capacity.available_bytes} bytes available on this node"
-            )
+        outstanding = await self._thin_outstanding()
+        await anyio.to_thread.run_sync(self._check_space, size, thin, outstanding)
+
+    def _remove_files_sync(self, volume_id: str) -> None:
+        for path in (self._image(volume_id), self._meta(volume_id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        fsync_directory(self._dir)
 
     async def _remove_files(self, volume_id: str) -> None:
-        def remove() -> None:
-            for path in (self._image(volume_id), self._meta(volume_id)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            fsync_directory(self._dir)
-
-        await anyio.to_thread.run_sync(remove)
+        await anyio.to_thread.run_sync(self._remove_files_sync, volume_id)
 
     async def delete_volume(self, volume_id: str) -> None:
         record = self._records.get(volume_id)
@@ -622,15 +651,24 @@ class LoopfileBackend:
             raise errors.VolumeInUse(f"volume {volume_id} is still attached as {device}; unstage it first")
         self._records.pop(volume_id, None)
         try:
-            deleting = replace(record, state=DELETING)
-            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), deleting.to_json())
-            fault_point("delete.after_mark")
-            await self._remove_files(volume_id)
+            await anyio.to_thread.run_sync(self._delete_files, replace(record, state=DELETING))
         except BaseException:
             self._records[volume_id] = record
             raise
         self._thin_allocated.pop(volume_id, None)
-        logger.info("deleted volume {}", volume_id)
+        logger.debug("deleted volume {}", volume_id)
+
+    def _delete_files(self, deleting: ImageRecord) -> None:
+        """Blocking: mark the record ``deleting`` (start-up finishes a crashed delete), then remove both files."""
+        try:
+            write_record(self._meta(deleting.volume_id), deleting.to_json())
+        except errors.CapacityExhausted:
+            # A full filesystem has no room for the mark, and deleting is how room is made: remove the files
+            # anyway. A crash in between leaves a "ready" record without its image (the volume reports itself
+            # abnormal) and the CO's retry of DeleteVolume removes it.
+            logger.warning("no room to mark volume {} deleting; removing it unmarked", deleting.volume_id)
+        fault_point("delete.after_mark")
+        self._remove_files_sync(deleting.volume_id)
 
     async def get_volume(self, volume_id: str) -> Volume:
         record = self._records.get(volume_id)
@@ -644,11 +682,8 @@ class LoopfileBackend:
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
         if parameters:
             parse_parameters(parameters)
-        stats = await filesystem_stats(self._dir)
         outstanding = await self._thin_outstanding()
-        available = max(0, int(stats.available_bytes - outstanding / self._ratio))
-        # Volumes are whole MiB; never promise a partial one.
-        available -= available % MIB
+        available = await anyio.to_thread.run_sync(self._available_sync, outstanding)
         return Capacity(available_bytes=available, maximum_volume_bytes=available, minimum_volume_bytes=MIB)
 
     async def _thin_outstanding(self) -> int:

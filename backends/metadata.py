@@ -9,13 +9,14 @@ upgrades older ones through the migrations a caller registers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from backends.errors import SystemFailure
+from backends.errors import CapacityExhausted, SystemFailure
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -24,10 +25,21 @@ def write_record(path: str, record: Mapping[str, Any]) -> None:
     """Atomically replace ``path`` with ``record`` as JSON. Blocking: run in a thread."""
     directory = os.path.dirname(path) or "."
     data = json.dumps(record, sort_keys=True, indent=1).encode()
+    try:
+        _replace_atomically(directory, path, data)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full filesystem is "no room", not an internal error
+            raise CapacityExhausted(f"no room to write metadata {path}: {exc.strerror}") from exc
+        raise
+
+
+def _replace_atomically(directory: str, path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
     try:
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a write to a nearly full filesystem may be short; never rename half a record
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -6,9 +6,11 @@ because they sit on the hot path of NodeUnstage, NodePublish and NodeGetVolumeSt
 
 from __future__ import annotations
 
+import errno
 import os
 
 from backends.system import mount as mnt
+from backends.system.errors import SyscallError
 from backends.system.stats import FsStats, block_device_size, filesystem_stats
 
 
@@ -40,7 +42,12 @@ async def path_usage(path: str) -> FsStats | None:
         size = await block_device_size(path)
         return FsStats(total_bytes=size, available_bytes=0, used_bytes=0, total_inodes=0, free_inodes=0,
                        used_inodes=0)
-    return await filesystem_stats(path)
+    try:
+        return await filesystem_stats(path)
+    except SyscallError as exc:
+        if exc.errno == errno.ENOENT:  # unmounted and removed since the check above (a racing unpublish)
+            return None
+        raise
 
 
 async def mounted_fs_type(path: str) -> str:

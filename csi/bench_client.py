@@ -45,7 +45,7 @@ class GrpclibTransport:
 
     async def call(self, route: str, request: betterproto2.Message, response_type: type[R], seconds: float) -> R:
         from grpclib.const import Cardinality
-        from grpclib.exceptions import GRPCError
+        from grpclib.exceptions import GRPCError, StreamTerminatedError
 
         try:
             async with self.channel.request(route, Cardinality.UNARY_UNARY, type(request), response_type,
@@ -56,6 +56,8 @@ class GrpclibTransport:
             raise CallFailed(exc.status.name, exc.message or "") from exc
         except TimeoutError as exc:
             raise CallFailed("DEADLINE_EXCEEDED", "client deadline") from exc
+        except (OSError, StreamTerminatedError) as exc:  # no socket yet, refused, connection lost
+            raise CallFailed("UNAVAILABLE", str(exc)) from exc
         if response is None:
             raise CallFailed("UNKNOWN", "empty response")
         return response

@@ -37,7 +37,7 @@ def configure_logging(level: str, fmt: str) -> None:
     """Install the one stderr sink; text for people, JSON (one object per line) for collectors."""
     logger.remove()
     if fmt == "json":
-        logger.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
+        logger.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False, enqueue=True)
         return
 
     def patch(record: Any) -> None:
@@ -46,7 +46,9 @@ def configure_logging(level: str, fmt: str) -> None:
         extra["volume_id"] = f"{extra['volume_id']}: " if extra.get("volume_id") else ""
 
     logger.configure(patcher=patch)
-    logger.add(sys.stderr, level=level.upper(), format=LOG_FORMAT, colorize=None, backtrace=False, diagnose=False)
+    # enqueue: a worker thread writes the lines, so a slow stderr pipe never stalls the event loop.
+    logger.add(sys.stderr, level=level.upper(), format=LOG_FORMAT, colorize=None, backtrace=False, diagnose=False,
+               enqueue=True)
 
 
 def _env(name: str, default: str = "") -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from loguru import logger
 
 from backends import errors
@@ -10,10 +12,14 @@ from csi.context import ServiceContext, Servicer
 from csi.gen.csi import v1 as csi
 from csi.rpc import rpc
 
+#: How long a healthy Probe answer is reused; an unhealthy one is never reused.
+HEALTH_CACHE_SECONDS = 1.0
+
 
 class IdentityService(Servicer, csi.IdentityBase):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
+        self._healthy_until = 0.0
 
     @rpc("GetPluginInfo", log_level="DEBUG")
     async def get_plugin_info(self, message: csi.GetPluginInfoRequest) -> csi.GetPluginInfoResponse:
@@ -36,9 +42,14 @@ class IdentityService(Servicer, csi.IdentityBase):
     async def probe(self, message: csi.ProbeRequest) -> csi.ProbeResponse:
         if self.ctx.backend_ is None:
             return csi.ProbeResponse(ready=True)
+        now = time.monotonic()
+        if now < self._healthy_until:  # livenessprobe polls often; a healthy answer holds for a moment
+            return csi.ProbeResponse(ready=True)
         try:
             await self.ctx.backend_.check_health()
         except errors.Unavailable as exc:
+            self._healthy_until = 0.0
             logger.warning("not ready: {}", exc)
             return csi.ProbeResponse(ready=False)
+        self._healthy_until = now + HEALTH_CACHE_SECONDS
         return csi.ProbeResponse(ready=True)

@@ -159,7 +159,7 @@ class NodeService(Servicer, csi.NodeBase):
         if mounted is None or device is None or mounted != await paths.device_number(device):
             raise errors.NotFound(f"volume {volume_id} is not staged or published at {path}")
         usage = await paths.path_usage(path)
-        if usage is None:
+        if usage is None or await paths.mounted_device(path) != mounted:  # unpublished while we looked
             raise errors.NotFound(f"volume path {path} does not exist")
         condition = volume.condition
         unit = csi.VolumeUsageUnit

@@ -146,7 +146,7 @@ async def _call(  # noqa: PLR0917
     log_level: str,
 ) -> Resp:
     started = time.perf_counter()
-    logger.debug("{} request {}", name, redact(request))
+    logger.opt(lazy=True).debug("{} request {}", lambda: name, lambda: redact(request))
     status = Status.OK
     detail = ""
     try:

@@ -86,6 +86,8 @@ async def create(driver: DriverInstance, name: str, size: int, parameters: dict[
     try:
         resp = await driver.client().controller.create_volume(request, timeout=60)
     except GRPCError as exc:
+        if exc.status.name not in ("RESOURCE_EXHAUSTED", "OK"):
+            return f"{exc.status.name} ({exc.message})", None
         return exc.status.name, None
     return "OK", resp.volume
 
@@ -140,6 +142,25 @@ async def still_works(path: Path, expected: dict[str, str], result: PhaseResult,
         expected[f"after-{len(expected)}.bin"] = hashlib.sha256(fresh).hexdigest()
     except OSError as exc:
         result.fail(f"{when}: the thick volume no longer takes writes: {exc}")
+
+
+async def delete_on_full(driver: DriverInstance, root: Path, volume_id: str, data_dir: Path,
+                         result: PhaseResult) -> bool:
+    stubs = driver.client()
+    staging, target = root / "kubelet" / "staging" / "filler", root / "kubelet" / "pods" / "filler" / "mount"
+    await stubs.node.node_unpublish_volume(csi.NodeUnpublishVolumeRequest(volume_id=volume_id,
+                                                                          target_path=str(target)), timeout=60)
+    await stubs.node.node_unstage_volume(csi.NodeUnstageVolumeRequest(volume_id=volume_id,
+                                                                      staging_target_path=str(staging)), timeout=60)
+    free_before = (await anyio.to_thread.run_sync(os.statvfs, data_dir)).f_bavail
+    try:
+        await stubs.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id), timeout=60)
+    except GRPCError as exc:
+        result.fail(f"DeleteVolume on a full filesystem answered {exc.status.name}: {exc.message}")
+        return False
+    free_after = (await anyio.to_thread.run_sync(os.statvfs, data_dir)).f_bavail
+    result.check(free_after > free_before, "deleting the thin volume freed no space")
+    return True
 
 
 async def listed(driver: DriverInstance) -> set[str]:
@@ -205,6 +226,10 @@ async def run() -> PhaseResult:
             if volume is not None:
                 acknowledged.add(volume.volume_id)
         result.check(driver.alive, "driver died while the filesystem was full")
+        if thin is not None:  # cleaning up must work on a full filesystem: deleting frees the space
+            freed = await delete_on_full(driver, root, thin.volume_id, data_dir, result)
+            if freed:
+                acknowledged.discard(thin.volume_id)
         result.check(await listed(driver) == acknowledged,
                      f"ListVolumes {sorted(await listed(driver))} != acknowledged {sorted(acknowledged)}")
         images = {p.name.removesuffix(".img") for p in data_dir.glob("*.img")}

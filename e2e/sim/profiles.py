@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -183,10 +184,18 @@ class RawdiskProfile:
 
 @dataclass
 class LvmProfile:
-    """A volume group per node on two loop-backed PVs; needs device-mapper (the kernel lane)."""
+    """A volume group of its own per node, on one loop-backed PV, with a thin pool; needs device-mapper.
+
+    The pool takes three quarters of the VG and the StorageClass names no type, so every
+    volume is thin (capacity = the pool at overprovisioning 1.0) and both nodes can
+    snapshot and clone; the rest of the VG stays free for thick volumes. The VG name is
+    unique per cluster, so a scenario that left a VG behind cannot break the next one.
+    """
 
     name: ClassVar[str] = "lvm"
     parameters: ClassVar[dict[str, str]] = {}
+    pool: ClassVar[str] = "pool"
+    pool_share: ClassVar[float] = 0.75
 
     def unavailable_reason(self) -> str:
         if not (REPO / "backends" / "lvm.py").exists():
@@ -196,21 +205,26 @@ class LvmProfile:
         return ""
 
     def vg_name(self, node: SimNode) -> str:
-        return f"e2e{os.getpid()}{node.name.replace('-', '')}"
+        names = node.resources.get("vg", [])
+        if not names:
+            names = [f"e2e{uuid.uuid4().hex[:8]}{node.name.replace('-', '')}"]
+            node.resources["vg"] = names
+        return names[0]
 
     async def prepare(self, node: SimNode) -> None:
         await mount_tmpfs(node.storage_dir, node.capacity_bytes + 64 * MIB)
-        pvs = []
-        for index in range(2):
-            image = node.storage_dir / f"pv{index}.img"
-            await anyio.to_thread.run_sync(host.make_sparse_file, image, node.capacity_bytes // 2)
-            pvs.append(await anyio.to_thread.run_sync(host.attach_loop, image))
-        node.resources["pvs"] = pvs
-        await host.arun(["pvcreate", "-q", *pvs])
-        await host.arun(["vgcreate", "-q", self.vg_name(node), *pvs])
+        image = node.storage_dir / "pv.img"
+        await anyio.to_thread.run_sync(host.make_sparse_file, image, node.capacity_bytes + 32 * MIB)
+        pv = await anyio.to_thread.run_sync(host.attach_loop, image)
+        node.resources["pvs"] = [pv]
+        vg = self.vg_name(node)
+        await host.arun(["pvcreate", "-q", pv])
+        await host.arun(["vgcreate", "-q", vg, pv])
+        pool_bytes = int(node.capacity_bytes * self.pool_share) // (4 * MIB) * (4 * MIB)
+        await host.arun(["lvcreate", "-q", "-y", "--type", "thin-pool", "-L", f"{pool_bytes}b", "-n", self.pool, vg])
 
     def driver_args(self, node: SimNode) -> list[str]:
-        return ["--backend", "lvm", "--lvm-vg", self.vg_name(node)]
+        return ["--backend", "lvm", "--lvm-vg", self.vg_name(node), "--lvm-thinpool", self.pool]
 
     async def reboot(self, node: SimNode) -> None:
         await host.arun(["vgchange", "-q", "-an", self.vg_name(node)], check=False)
@@ -228,9 +242,10 @@ class LvmProfile:
         found = []
         for lv in await self._lvs(node):
             name = lv.get("lv_name", "")
-            if is_volume_id(name) and name not in owned:
-                found.append(f"{node.name}: LV {name} belongs to no live volume")
-            elif lv.get("lv_active") == "active" and is_volume_id(name) and name not in staged:
+            if (is_volume_id(name) or is_snapshot_id(name)) and name not in owned:
+                found.append(f"{node.name}: LV {name} belongs to no live volume or snapshot")
+            elif lv.get("lv_active") == "active" and (is_volume_id(name) or is_snapshot_id(name)) \
+                    and name not in staged:
                 found.append(f"{node.name}: LV {name} is active but not staged")
         return found
 
@@ -251,7 +266,30 @@ PROFILES: dict[str, type[LoopfileProfile] | type[RawdiskProfile] | type[LvmProfi
 }
 
 
+#: Under qemu TCG (the kernel lane, LOCALCSI_VMTEST=1) a Python driver starts and answers about ten times
+#: slower than on the host: the harness's start and scenario deadlines stretch by this factor there.
+TCG_DEADLINE_SCALE = 4.0
+_BASE_DEADLINES: dict[str, float] = {}
+
+
+def scale_deadlines_for_tcg() -> float:
+    """Stretch the harness's deadlines when running under TCG; return the factor in force (1.0 elsewhere).
+
+    The deadlines are module constants of ``e2e.sim.driver`` and ``e2e.sim.runner`` read at each use;
+    they are set from their original values, so calling this again changes nothing.
+    """
+    from e2e.sim import driver, runner  # here, not at import: runner imports this module
+
+    factor = TCG_DEADLINE_SCALE if os.environ.get("LOCALCSI_VMTEST") == "1" else 1.0
+    _BASE_DEADLINES.setdefault("start", driver.START_TIMEOUT)
+    _BASE_DEADLINES.setdefault("scenario", runner.SCENARIO_TIMEOUT)
+    driver.START_TIMEOUT = _BASE_DEADLINES["start"] * factor
+    runner.SCENARIO_TIMEOUT = _BASE_DEADLINES["scenario"] * factor
+    return factor
+
+
 def profile_for(name: str) -> BackendProfile:
+    scale_deadlines_for_tcg()
     try:
         return PROFILES[name]()
     except KeyError:

@@ -185,7 +185,10 @@ async def test_probe_reports_backend_health() -> None:
     async with serve(backend) as ch:
         assert (await csi.IdentityStub(ch).probe(csi.ProbeRequest())).ready is True
         backend.healthy = False
+        await anyio.sleep(1.1)  # past the moment a healthy answer is reused
         assert (await csi.IdentityStub(ch).probe(csi.ProbeRequest())).ready is False
+        backend.healthy = True
+        assert (await csi.IdentityStub(ch).probe(csi.ProbeRequest())).ready is True
 
 
 async def test_controller_mode_attaches_by_context_and_defers_expansion() -> None:

@@ -1,0 +1,1 @@
+"""Fixtures for the reliability tests (the anyio backend comes from tests/conftest.py)."""

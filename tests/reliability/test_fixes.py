@@ -1,0 +1,148 @@
+"""Regression tests for the driver bugs the reliability campaign found, and for the fault-point hook.
+
+Each test fails on the code before its fix (see docs/reliability.md, "Bugs found").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+import backends.metadata as metadata
+import backends.paths as paths
+from backends import errors, faults
+from backends.base import AccessType, VolumeSpec
+from backends.loopfile import LoopfileBackend
+from backends.system import loop
+from backends.system.errors import SyscallError
+from backends.system.runner import FakeRunner
+from csi import wire
+from csi.errors import status_for
+from csi.gen.csi import v1 as csi
+from csi.server import RequestCodec
+
+MIB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- malformed protobuf: INVALID_ARGUMENT, never UNKNOWN -----------------------------------------------------------
+@pytest.mark.parametrize("payload", [
+    b"\x08" + b"\xff" * 11,          # varint longer than 10 bytes
+    b"\x0a\x02\xc3\x28",             # name: invalid UTF-8
+    b"\x0a\x05ab",                   # name: length past the end
+    b"\x0b\x0c",                     # group wire type
+    b"\x10\x01",                     # capacity_range (a message) sent as a varint
+    b"\x0d\x01\x02\x03\x04",         # name (a string) sent as fixed32
+])
+def test_malformed_request_is_invalid_argument(payload: bytes) -> None:
+    with pytest.raises(GRPCError) as caught:
+        RequestCodec().decode(payload, csi.CreateVolumeRequest)
+    assert caught.value.status is Status.INVALID_ARGUMENT
+
+
+def test_list_volumes_with_wrong_wire_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="wire type"):
+        wire.check(b"\x08\x01" + b"\x1a\x02ab", csi.ListVolumesRequest)  # starting_token as bytes is fine...
+    with pytest.raises(ValueError):
+        wire.check(bytes.fromhex("1a0a0a0a0a0a"), csi.ListVolumesRequest)
+
+
+def test_well_formed_requests_pass_the_wire_check() -> None:
+    cap = csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="ext4", mount_flags=["noatime"]),
+                               access_mode=csi.VolumeCapabilityAccessMode(mode=csi.VolumeCapabilityAccessModeMode(1)))
+    request = csi.CreateVolumeRequest(
+        name="pvc-1", capacity_range=csi.CapacityRange(required_bytes=64 * MIB, limit_bytes=-1),
+        volume_capabilities=[cap, cap], parameters={"a": "b"}, secrets={"s": "t"},
+        accessibility_requirements=csi.TopologyRequirement(requisite=[csi.Topology(segments={"k": "v"})]))
+    decoded = RequestCodec().decode(bytes(request), csi.CreateVolumeRequest)
+    assert decoded == request
+    wire.check(bytes(csi.ListVolumesRequest(max_entries=-5, starting_token="x")), csi.ListVolumesRequest)
+
+
+# -- full filesystem: RESOURCE_EXHAUSTED, never a half-written record ----------------------------------------------
+def test_metadata_write_on_full_filesystem_is_capacity_exhausted(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metadata.os, "write", full)
+    with pytest.raises(errors.CapacityExhausted):
+        metadata.write_record(str(tmp_path / "r.json"), {"schema": 1})
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+    assert status_for(errors.CapacityExhausted("x")) is Status.RESOURCE_EXHAUSTED
+
+
+def test_short_writes_still_produce_a_whole_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def one_byte(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data[:1]))
+
+    monkeypatch.setattr(metadata.os, "write", one_byte)
+    metadata.write_record(str(tmp_path / "r.json"), {"schema": 1, "name": "x" * 50})
+    assert metadata.load_record(str(tmp_path / "r.json"), 1)["name"] == "x" * 50
+
+
+@pytest.mark.anyio
+async def test_delete_volume_works_on_a_full_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LoopfileBackend("n1", str(tmp_path), FakeRunner(lambda argv: (0, "", "")))
+    monkeypatch.setattr("backends.loopfile.require_tools", lambda names: None)
+    await backend.start()
+    volume = await backend.create_volume(VolumeSpec("pvc-full", 4 * MIB, 0, {"loopfile.localcsi.dev/provisioning":
+                                                                             "thin"}, AccessType.BLOCK, "", None))
+
+    def no_room(path: str, record: object) -> None:
+        raise errors.CapacityExhausted("no room to write metadata")
+
+    monkeypatch.setattr("backends.loopfile.write_record", no_room)
+    await backend.delete_volume(volume.volume_id)
+    assert not list(tmp_path.glob(f"{volume.volume_id}.*"))
+    with pytest.raises(errors.VolumeNotFound):
+        await backend.get_volume(volume.volume_id)
+
+
+# -- a stats call racing an unpublish: NOT_FOUND, not INTERNAL ----------------------------------------------------
+@pytest.mark.anyio
+async def test_path_usage_of_a_path_removed_meanwhile_is_none(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    async def vanished(path: str) -> object:
+        raise SyscallError("statvfs", errno.ENOENT, path)
+
+    monkeypatch.setattr(paths, "filesystem_stats", vanished)
+    assert await paths.path_usage(str(tmp_path)) is None
+
+
+# -- loop devices running out (cannot be forced on a shared machine: a fake ioctl) ------------------------------------
+def test_no_free_loop_device_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(fd: int, request: int, *args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loop.os, "open", lambda path, flags: os.open("/dev/null", os.O_RDONLY))
+    monkeypatch.setattr(loop.fcntl, "ioctl", exhausted)
+    with pytest.raises(errors.CapacityExhausted) as caught:
+        loop._get_free()
+    assert status_for(caught.value) is Status.RESOURCE_EXHAUSTED
+
+
+# -- the fault-point hook -----------------------------------------------------------------------------------------
+def test_fault_point_is_a_no_op_unless_armed() -> None:
+    faults.arm("")
+    faults.fault_point("create.after_meta")  # still alive
+    with pytest.raises(ValueError, match="expected <point>:kill"):
+        faults.arm("create.after_meta")
+
+
+def test_an_armed_fault_point_kills_the_process() -> None:
+    code = "from backends import faults; faults.arm('x.y:kill'); faults.fault_point('w'); print('ok', flush=True); " \
+           "faults.fault_point('x.y'); print('survived')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == -9
+    assert done.stdout == "ok\n"
