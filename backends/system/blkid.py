@@ -27,8 +27,8 @@ PART_ENTRY_* details of a partition device) counts as nothing found.
 Known limits, shown in the golden files: a signature that blkid no longer
 recognises (an XFS whose primary superblock was zeroed) probes blank; only
 data that some signature still marks is protected. The tool also answers
-"nothing" (exit 2, silently) for a missing path and for a device it cannot
-size; the in-process probe raises for both.
+"nothing" (exit 2, silently) for a missing path and for a device of size 0
+(a loop device with nothing attached); the in-process probe raises for both.
 """
 
 from __future__ import annotations
@@ -249,6 +249,9 @@ def _values(lib: ctypes.CDLL, pr: int) -> dict[str, str]:
 
 
 def _probe_open(lib: ctypes.CDLL, pr: int, device: str) -> Probe:
+    if lib.blkid_probe_get_size(pr) <= 0:
+        # Nothing to read (no medium, a loop device with nothing attached): not the same as empty.
+        raise SyscallError("blkid_probe_get_size", errno.ENOMEDIUM, device, "the device has no data to probe")
     lib.blkid_probe_set_superblocks_flags(pr, _SUPERBLOCK_FLAGS)
     lib.blkid_probe_enable_partitions(pr, 1)
     if _partition_table_only(lib, pr, device):

@@ -35,6 +35,7 @@ from e2e.sim.kubelet import require_pv
 from e2e.sim.nodes import SimNode
 from e2e.sim.objects import Claim, Pod
 from e2e.sim.profiles import LoopfileProfile
+from e2e.sim.roles import Unschedulable
 from e2e.sim.stats import Stats
 
 FAULTS_BY_OP: dict[str, tuple[str, ...]] = {
@@ -99,7 +100,13 @@ class Campaign:
         tracked = Tracked(claim, xfs)
         self.tracked.append(tracked)
         pod = Pod(f"crash-{self.serial}", [claim], node_selector=node.name)
-        await self.cluster.start_pod(pod)
+        try:
+            await self.cluster.start_pod(pod)
+        except Unschedulable:  # the node is full (thin capacity is reserved): the scheduler's answer, not a fault
+            self.tracked.remove(tracked)
+            self.cluster.claims.pop(claim.uid, None)
+            self.ops["provision refused: node full"] += 1
+            return tracked
         tracked.pod = pod
         await self.write(tracked)
         return tracked
@@ -181,7 +188,10 @@ class Campaign:
             with anyio.fail_after(STEP_TIMEOUT):
                 await self.supervised(node, run, crash == "random-kill")
         except CallFailed as exc:
-            self.result.fail(f"{op} (crash {crash}) failed: {exc}")
+            if op == "expand" and exc.code == "RESOURCE_EXHAUSTED":  # no room on the node: a fair answer
+                self.ops["expand refused: node full"] += 1
+            else:
+                self.result.fail(f"{op} (crash {crash}) failed: {exc}")
         except TimeoutError:
             self.result.fail(f"{op} (crash {crash}) did not converge within {STEP_TIMEOUT} s")
         if crash not in ("none", "random-kill"):

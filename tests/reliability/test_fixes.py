@@ -49,8 +49,8 @@ def test_malformed_request_is_invalid_argument(payload: bytes) -> None:
 
 def test_list_volumes_with_wrong_wire_type_is_refused() -> None:
     with pytest.raises(ValueError, match="wire type"):
-        wire.check(b"\x08\x01" + b"\x1a\x02ab", csi.ListVolumesRequest)  # starting_token as bytes is fine...
-    with pytest.raises(ValueError):
+        wire.check(b"\x0a\x01\x05", csi.ListVolumesRequest)  # max_entries (int32) sent length-delimited
+    with pytest.raises(ValueError, match="past the end"):
         wire.check(bytes.fromhex("1a0a0a0a0a0a"), csi.ListVolumesRequest)
 
 
@@ -72,7 +72,7 @@ def test_metadata_write_on_full_filesystem_is_capacity_exhausted(tmp_path: Path,
     def full(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(metadata.os, "write", full)
+    monkeypatch.setattr("backends.metadata.os.write", full)
     with pytest.raises(errors.CapacityExhausted):
         metadata.write_record(str(tmp_path / "r.json"), {"schema": 1})
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
@@ -85,7 +85,7 @@ def test_short_writes_still_produce_a_whole_record(tmp_path: Path, monkeypatch: 
     def one_byte(fd: int, data: bytes) -> int:
         return real_write(fd, bytes(data[:1]))
 
-    monkeypatch.setattr(metadata.os, "write", one_byte)
+    monkeypatch.setattr("backends.metadata.os.write", one_byte)
     metadata.write_record(str(tmp_path / "r.json"), {"schema": 1, "name": "x" * 50})
     assert metadata.load_record(str(tmp_path / "r.json"), 1)["name"] == "x" * 50
 
@@ -120,12 +120,12 @@ async def test_path_usage_of_a_path_removed_meanwhile_is_none(monkeypatch: pytes
 
 
 # -- loop devices running out (cannot be forced on a shared machine: a fake ioctl) ------------------------------------
+@pytest.mark.root
 def test_no_free_loop_device_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
     def exhausted(fd: int, request: int, *args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loop.os, "open", lambda path, flags: os.open("/dev/null", os.O_RDONLY))
-    monkeypatch.setattr(loop.fcntl, "ioctl", exhausted)
+    monkeypatch.setattr("backends.system.loop.fcntl.ioctl", exhausted)
     with pytest.raises(errors.CapacityExhausted) as caught:
         loop._get_free()
     assert status_for(caught.value) is Status.RESOURCE_EXHAUSTED

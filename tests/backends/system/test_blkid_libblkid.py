@@ -44,7 +44,7 @@ class CountingRunner(ProcessRunner):
         self,
         argv: Sequence[str],
         *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - passed through to ProcessRunner
+        timeout: float = 60.0,
         check: bool = True,
         stdin: bytes | None = None,
     ) -> Result:
@@ -62,7 +62,7 @@ class ToolRunner:
         self,
         argv: Sequence[str],
         *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - passed through to ProcessRunner
+        timeout: float = 60.0,
         check: bool = True,
         stdin: bytes | None = None,
     ) -> Result:
@@ -140,3 +140,131 @@ CASES: dict[str, tuple[Prepare, str, str, str]] = {
     "luks": (lambda d, s: luks1_header(d), "crypto_LUKS", "crypto", ""),
     "md": (lambda d, s: md090_superblock(d, DEVICE_BYTES), "linux_raid_member", "raid", ""),
 }
+
+
+async def _device(scratch: Path, loops: LoopFactory) -> str:
+    return (await loops(make_image(scratch, DEVICE_BYTES))).path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_in_process_probe_equals_the_tool(case: str, scratch: Path, loops: LoopFactory) -> None:
+    prepare, fs_type, usage, pt_type = CASES[case]
+    device = await _device(scratch, loops)
+    prepare(device, scratch)
+    local, tool_runner = CountingRunner(), ToolRunner()
+    in_process = await blkid.probe(local, device)
+    by_tool = await blkid.probe(tool_runner, device)
+    assert local.calls == []
+    assert tool_runner.calls == [("blkid", "-p", "-o", "export", device)]
+    assert in_process == by_tool
+    assert in_process.blank == (case == "blank")
+    assert (in_process.fs_type, in_process.usage, in_process.pt_type) == (fs_type, usage, pt_type)
+    assert not in_process.ambiguous
+
+
+async def test_labels_come_through_unescaped(scratch: Path, loops: LoopFactory) -> None:
+    device = await _device(scratch, loops)
+    tool("mkfs.ext4", "-q", "-L", 'a "b" $c', device)
+    found = await blkid.probe(CountingRunner(), device)
+    assert found.raw["LABEL"] == 'a "b" $c'
+    argv = ["blkid", "-p", "-s", "UUID", "-o", "value", device]
+    assert found.raw["UUID"] == subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+async def test_two_signatures_are_ambiguous_both_ways(scratch: Path, loops: LoopFactory) -> None:
+    device = await _device(scratch, loops)
+    two_signatures(device, scratch)
+    in_process = await blkid.probe(CountingRunner(), device)
+    assert in_process == await blkid.probe(ToolRunner(), device)
+    assert in_process.ambiguous and not in_process.blank
+
+
+def unused_block_major() -> int:
+    """A major number reserved for local use that no driver holds here: opening it gives ENXIO."""
+    text = Path("/proc/devices").read_text().split("Block devices:")[1]
+    taken = {int(line.split()[0]) for line in text.splitlines() if line.strip()}
+    free: list[int] = [m for m in [*range(60, 64), *range(120, 128), *range(240, 255)] if m not in taken]
+    return free[0]
+
+
+def device_node(scratch: Path) -> str:
+    node = scratch / "no-driver"
+    os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(unused_block_major(), 0))
+    return str(node)
+
+
+async def test_a_device_that_cannot_be_opened_is_an_error_never_blank(scratch: Path) -> None:
+    with pytest.raises(SyscallError, match="ENXIO"):
+        await blkid.probe(CountingRunner(), device_node(scratch))
+
+
+async def test_a_device_with_nothing_to_read_is_an_error_never_blank(scratch: Path, loops: LoopFactory) -> None:
+    # The tool answers "nothing found" here, silently; the in-process probe refuses.
+    device = (await loops(make_image(scratch, 0, "empty"))).path
+    with pytest.raises(SyscallError, match="no data to probe"):
+        await blkid.probe(CountingRunner(), device)
+
+
+async def test_a_missing_path_is_an_error_in_process(scratch: Path) -> None:
+    with pytest.raises(SyscallError, match="ENOENT"):
+        await blkid.probe(CountingRunner(), str(scratch / "gone"))
+
+
+async def test_something_that_is_not_a_device_is_an_error(scratch: Path) -> None:
+    # A directory opens O_RDONLY, but libblkid will not probe it.
+    with pytest.raises(SyscallError, match="EINVAL"):
+        await blkid.probe(CountingRunner(), str(scratch))
+
+
+@pytest.mark.usefixtures("no_libblkid")
+async def test_without_libblkid_the_tool_answers(scratch: Path, loops: LoopFactory) -> None:
+    device = await _device(scratch, loops)
+    local = CountingRunner()
+    assert (await blkid.probe(local, device)).blank
+    tool("mkfs.xfs", "-q", device)
+    found = await blkid.probe(local, device)
+    assert (found.blank, found.fs_type, found.usage) == (False, "xfs", "filesystem")
+    assert local.calls == [("blkid", "-p", "-o", "export", device)] * 2
+
+
+@pytest.mark.usefixtures("no_libblkid")
+async def test_without_libblkid_tool_errors_still_raise(scratch: Path) -> None:
+    with pytest.raises(CommandError, match="No such device or address"):
+        await blkid.probe(CountingRunner(), device_node(scratch))
+
+
+async def test_missing_libblkid_is_logged_once_at_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{level} {message}")
+    monkeypatch.setattr(blkid, "LIBBLKID", "libblkid-localcsi-test-absent.so.1")
+    blkid._forget_library()
+    try:
+        assert blkid._library() is None
+        assert blkid._library() is None
+    finally:
+        logger.remove(sink)
+        monkeypatch.undo()
+        blkid._forget_library()
+    assert len(lines) == 1
+    assert lines[0].startswith("INFO libblkid unavailable") and "absent" in lines[0]
+    assert blkid._library() is not None
+
+
+async def test_a_command_prefix_means_the_tool(scratch: Path, loops: LoopFactory) -> None:
+    # With a prefix (nsenter into the host), paths are the host's: never probe them here.
+    device = await _device(scratch, loops)
+    prefixed = ProcessRunner(prefix=["env"])
+    assert not blkid._probes_in_process(prefixed)
+    assert blkid._probes_in_process(ProcessRunner())
+    assert (await blkid.probe(prefixed, device)).blank
+
+
+async def test_a_tiny_partitioned_disk_is_probed_as_blkid_does(scratch: Path, loops: LoopFactory) -> None:
+    # blkid -p looks only for a partition table on a whole disk of at most 1440 KiB.
+    device = (await loops(make_image(scratch, MIB, "floppy"))).path
+    tool("sfdisk", "-q", device, stdin="start=64, size=512\n")
+    in_process = await blkid.probe(CountingRunner(), device)
+    assert in_process == await blkid.probe(ToolRunner(), device)
+    assert (in_process.blank, in_process.pt_type) == (False, "dos")
