@@ -131,11 +131,21 @@ def run_serve(args: argparse.Namespace) -> int:
         server = DriverServer(config, backend, runner, features=features,
                               path_prefixes=[os.path.abspath(p) for p in args.kubelet_dir])
         anyio.run(server.run)
-    except errors.BackendError as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:
-        return 0
+    except BaseException as exc:
+        cause = _innermost(exc)
+        if isinstance(cause, KeyboardInterrupt):
+            return 0
+        if isinstance(cause, errors.BackendError | OSError):
+            return fail(str(cause))
+        raise
     return 0
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The one error inside (nested) task-group exception groups, or the group itself when there are several."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def factory_features(name: str) -> Any:

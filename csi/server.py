@@ -147,21 +147,27 @@ class DriverServer:
     async def run(self, *, handle_signals: bool = True) -> None:
         if self.backend is not None:
             await self.backend.start()
-        async with anyio.create_task_group() as tg:
-            self.ctx.supervisor.bind(tg)
-            server = await self._listen()
-            if self.metrics is not None:
-                await tg.start(self.metrics.serve, self.config.metrics_address)
-            if handle_signals:
-                tg.start_soon(self._wait_for_signal)
-            await self.stopping.wait()
-            await self._drain(server)
-            tg.cancel_scope.cancel()
-        if self.backend is not None:
-            await self.backend.close()
-        if self.endpoint.path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.endpoint.path)
+        try:
+            async with anyio.create_task_group() as tg:
+                self.ctx.supervisor.bind(tg)
+                if self.metrics is not None:  # up before the socket answers, so a ready driver is observable
+                    await tg.start(self.metrics.serve, self.config.metrics_address)
+                server = await self._listen()
+                try:
+                    if handle_signals:
+                        tg.start_soon(self._wait_for_signal)
+                    await self.stopping.wait()
+                    await self._drain(server)
+                    tg.cancel_scope.cancel()
+                finally:
+                    server.close()
+                    if self.endpoint.path:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self.endpoint.path)
+        finally:
+            if self.backend is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.backend.close()
         logger.info("stopped")
 
     async def _wait_for_signal(self) -> None:

@@ -179,7 +179,7 @@ class Campaign:
         if roll < 0.45 and faults:
             crash = self.rng.choice(faults)
             await self.arm(node, crash)
-        elif roll < 0.8:
+        elif roll < 0.85 and op != "write":  # a write goes to the kernel, not the driver
             crash = "random-kill"
         self.ops[op] += 1
         run = self.operation(op, tracked, node)
@@ -232,7 +232,7 @@ class Campaign:
                     await done.wait()
 
         async def killer() -> None:
-            with anyio.move_on_after(self.rng.uniform(0.0, 0.6)):
+            with anyio.move_on_after(self.rng.uniform(0.0, 0.3)):
                 await done.wait()
             if done.is_set():
                 self.crashes["random-kill (call finished first)"] += 1

@@ -61,6 +61,8 @@ echo "VMTEST-GUEST-READY"
 
 export HOME=/tmp LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export LOCALCSI_VMTEST=1 VMTEST_OUT=/run/vmtest/out TMPDIR=/tmp
+# The repository is read-only here: hypothesis keeps its example database in the scratch space.
+export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/.hypothesis
 mkdir -p "$VMTEST_OUT"
 cd "$VMTEST_REPO" || die "repository $VMTEST_REPO not visible in the guest"
 start=$(date +%s.%N)
