@@ -166,8 +166,8 @@ class DriverServer:
                             os.unlink(self.endpoint.path)
         finally:
             if self.backend is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.backend.close()
+                # Not in a shield scope: a backend may leave a task group it entered in start() (same task).
+                await self.backend.close()
         logger.info("stopped")
 
     async def _wait_for_signal(self) -> None:

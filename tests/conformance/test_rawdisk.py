@@ -1,0 +1,66 @@
+"""The conformance suite against a real ``localcsi serve --backend rawdisk`` with loop devices as disks.
+
+The disks are sparse images on loop devices, reachable only through this test's
+own symlinks, so the driver can never claim another test's devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.backends.rawdisk_support import MIB, FakeDisks
+from tests.conformance.suite import run_suite
+from tests.support import DriverProcess
+
+NODE_ID = "conformance-node"
+DISKS = 14
+DISK_BYTES = 400 * MIB  # room for xfs (300 MiB minimum) inside our partition
+
+
+@pytest.fixture
+def rawdisk_driver() -> Iterator[DriverProcess]:
+    disks = FakeDisks()
+    try:
+        for i in range(DISKS):
+            disks.add(f"disk-{i:02d}", DISK_BYTES)
+        proc = DriverProcess(disks.root / "driver", node_id=NODE_ID, backend="rawdisk",
+                             extra_args=("--rawdisk-device", disks.pattern))
+        proc.start()
+        try:
+            yield proc
+        finally:
+            proc.kill9()
+    finally:
+        disks.cleanup()
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("access", "fs_type"), [("mount", "ext4"), ("block", "ext4"), ("mount", "xfs")],
+                         ids=["mount-ext4", "block", "mount-xfs"])
+def test_conformance_suite_passes_on_rawdisk(rawdisk_driver: DriverProcess, access: str, fs_type: str,
+                                             conformance_results: list[str]) -> None:
+    staging = rawdisk_driver.kubelet_dir / "staging"
+    target = rawdisk_driver.kubelet_dir / "pods"
+    staging.mkdir(parents=True)
+    target.mkdir(parents=True)
+    args = [
+        "--csi-endpoint", rawdisk_driver.endpoint,
+        "--csi-staging-dir", str(staging), "--csi-target-dir", str(target),
+        "--csi-access", access, "--csi-fs-type", fs_type, "--csi-volume-size", "64Mi",
+    ]
+    run = run_suite(args, rawdisk_driver.root / "junit.xml")
+    label = f"rawdisk {access}/{fs_type}" if access == "mount" else "rawdisk block"
+    conformance_results.append(f"{label}: {run.summary()}")
+    conformance_results.extend(f"  FAILED {spec}" for spec in run.failed_specs)
+    print(run.output)
+    assert run.tests > 50, f"the suite did not run (exit {run.returncode}):\n{run.output}"
+    assert run.failures == 0 and run.errors == 0, (
+        f"{run.summary()}; failing specs:\n  " + "\n  ".join(run.failed_specs)
+        + f"\n\n{run.output}\n\ndriver log (tail):\n{rawdisk_driver.log(8000)}"
+    )
+    assert rawdisk_driver.leaks()["mounts"] == []
+    assert rawdisk_driver.stop() == 0
