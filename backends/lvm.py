@@ -51,8 +51,11 @@ Snapshots and clones (only with a thin pool: ``features.snapshots`` and
 ``features.clones`` follow ``--lvm-thinpool``). A snapshot is a thin snapshot of
 a thin volume (``lvcreate -s`` without a size): it costs nothing until either
 side is written, and carries LVM's activation-skip flag, so it is never
-activated. A mounted source filesystem is frozen (FIFREEZE) around the
-``lvcreate``; LVM then suspends the origin for the instant of the snapshot. A
+activated. An active origin is consistent in the snapshot without help: LVM
+suspends it with ``lockfs``, which freezes a mounted filesystem exactly as
+FIFREEZE does (dirty data written, writers held) for the instant of the
+snapshot. The driver must not freeze it itself: the kernel then refuses the
+suspend (EBUSY, seen on Debian's 6.1) and the snapshot fails. A
 restored volume is a thin snapshot *of the snapshot*, a clone a thin snapshot of
 the source volume, both made without the skip flag: an independent thin LV (any
 of the three can be deleted first), grown with ``lvextend`` when a larger size is
@@ -66,9 +69,8 @@ of the whole volume; and a restored volume is always thin (asking for
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -89,8 +91,6 @@ from backends.base import (
     is_volume_id,
     snapshot_id_for,
 )
-from backends.system import mount as mnt
-from backends.system import reflink
 from backends.system.errors import CommandError
 from backends.system.lvm import LogicalVolume, LogicalVolumeNotFound, Lvm, VolumeGroup, VolumeGroupNotFound
 from backends.system.runner import Runner
@@ -416,10 +416,9 @@ class LvmBackend:
         volume_id = spec.volume_id
         async with self._pool_lock:
             await self._reserve_thin(size)
-            async with self._consistent(origin):
-                await self._lvm.create_thin_snapshot(
-                    self._vg, origin.name, volume_id, [*tags, source_tag(source)], activation_skip=False
-                )
+            await self._lvm.create_thin_snapshot(
+                self._vg, origin.name, volume_id, [*tags, source_tag(source)], activation_skip=False
+            )
             with anyio.CancelScope(shield=True):
                 try:
                     if size > origin.size_bytes:
@@ -466,30 +465,6 @@ class LvmBackend:
                 f"the content source holds {source_bytes} bytes, more than the limit of {spec.limit_bytes} bytes"
             )
         return size
-
-    @contextlib.asynccontextmanager
-    async def _consistent(self, origin: LogicalVolume) -> AsyncIterator[None]:
-        """Hold a mounted filesystem on ``origin`` frozen for the body (nothing to do when it is not mounted)."""
-        mounts, rdev = await self._filesystem_mounts(origin) if origin.active else ([], 0)
-        if not mounts:
-            yield
-            return
-        async with reflink.frozen(mounts[0], rdev):
-            yield
-
-    async def _filesystem_mounts(self, lv: LogicalVolume) -> tuple[list[str], int]:
-        """Mount points of a filesystem on the active ``lv`` (bind mounts of the device node excluded)."""
-        for path in (lv.path, lv.dm_path):
-            if not path:
-                continue
-            try:
-                rdev = (await anyio.Path(path).stat()).st_rdev
-            except OSError:
-                continue
-            wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
-            found = [e.mount_point for e in await mnt.mounts() if e.major_minor == wanted and e.fs_type != "devtmpfs"]
-            return found, rdev
-        return [], 0
 
     async def _thin_available(self) -> tuple[int, LogicalVolume]:
         """Bytes of virtual size the pool may still hand out, and the pool."""
@@ -667,8 +642,7 @@ class LvmBackend:
         ]
         async with self._pool_lock:
             await self._reserve_thin(source.size_bytes)
-            async with self._consistent(source):
-                await self._lvm.create_thin_snapshot(self._vg, source.name, snapshot_id, tags, activation_skip=True)
+            await self._lvm.create_thin_snapshot(self._vg, source.name, snapshot_id, tags, activation_skip=True)
         lv = await self._require_snapshot(snapshot_id)
         logger.info(
             "created thin snapshot {vg}/{id} of volume {source} for {name!r}",

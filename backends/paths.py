@@ -16,8 +16,14 @@ from backends.system.stats import FsStats, block_device_size, filesystem_stats
 
 async def mounted_device(path: str) -> int | None:
     """The device number a path exposes: a block device bound onto a file, or the
-    filesystem mounted at a directory. ``None`` when nothing is mounted there."""
-    state = await mnt.path_state(path)
+    filesystem mounted at a directory. ``None`` when nothing is mounted there (or the path vanished while we
+    looked: a racing unpublish)."""
+    try:
+        state = await mnt.path_state(path)
+    except SyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
     if not state.exists:
         return None
     if state.is_block:
@@ -34,18 +40,19 @@ async def device_number(device: str) -> int:
 
 
 async def path_usage(path: str) -> FsStats | None:
-    """Bytes (and inodes) of the volume at ``path``; for a block device only its size. None if absent."""
-    state = await mnt.path_state(path)
-    if not state.exists:
-        return None
-    if state.is_block:
-        size = await block_device_size(path)
-        return FsStats(total_bytes=size, available_bytes=0, used_bytes=0, total_inodes=0, free_inodes=0,
-                       used_inodes=0)
+    """Bytes (and inodes) of the volume at ``path``; for a block device only its size. None if absent
+    (including removed while we looked: a racing unpublish)."""
     try:
+        state = await mnt.path_state(path)
+        if not state.exists:
+            return None
+        if state.is_block:
+            size = await block_device_size(path)
+            return FsStats(total_bytes=size, available_bytes=0, used_bytes=0, total_inodes=0, free_inodes=0,
+                           used_inodes=0)
         return await filesystem_stats(path)
     except SyscallError as exc:
-        if exc.errno == errno.ENOENT:  # unmounted and removed since the check above (a racing unpublish)
+        if exc.errno == errno.ENOENT:
             return None
         raise
 

@@ -302,7 +302,7 @@ async def run(steps: int, seed: int) -> PhaseResult:
             campaign.leaks += 1
             result.fail(f"after cleanup: {leak}")
     result.figures.update({
-        "steps": sum(campaign.ops.values()),
+        "steps": sum(v for k, v in campaign.ops.items() if "refused" not in k),
         "operations": dict(sorted(campaign.ops.items())),
         "rpcs_issued": sum(stats.operations.values()),
         "crashes": dict(sorted(campaign.crashes.items())),

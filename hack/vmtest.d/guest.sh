@@ -21,6 +21,7 @@ trap 'die "stage 2 exited unexpectedly"' EXIT
 # shellcheck source=/dev/null
 source /run/vmtest/env || die "cannot read /run/vmtest/env"
 
+mkdir -p /dev/shm  # devtmpfs has none; POSIX semaphores (multiprocessing locks) live there
 for dir in /tmp /var/tmp /dev/shm /etc/lvm /mnt /media; do
     [ -d "$dir" ] || continue
     mount -t tmpfs -o mode=1777 tmpfs "$dir" || die "cannot mount tmpfs on $dir"

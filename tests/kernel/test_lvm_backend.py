@@ -6,12 +6,13 @@ import os
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from backends import errors, node
-from backends.base import VolumeSpec
+from backends.base import ContentSource, SourceKind, VolumeSpec
 from backends.lvm import PARAM_TYPE, LvmBackend
 from backends.system.runner import Runner
 from tests.kernel.lvmtools import VolumeGroup, sh
@@ -188,3 +189,48 @@ def test_lvm_runs_without_udev() -> None:
     """The lane's premise: no udevd, and LVM still makes its device nodes."""
     assert not Path("/run/udev/control").exists()
     assert subprocess.run(["dmsetup", "version"], capture_output=True, check=False).returncode == 0
+
+
+async def test_thin_snapshots_restores_and_clones_are_independent_thin_lvs(
+    backend: LvmBackend, lvm_vg: VolumeGroup, runner: Runner
+) -> None:
+    source = await backend.create_volume(spec("pvc-snap-src", 8 * MIB, "thin"))
+    snap = await backend.create_snapshot(source.volume_id, "snap-1", {"csi.storage.k8s.io/volumesnapshot/name": "s"})
+    assert (snap.source_volume_id, snap.size_bytes, snap.name) == (source.volume_id, 8 * MIB, "snap-1")
+    assert await backend.create_snapshot(source.volume_id, "snap-1", {}) == snap
+    lvs = our_lvs(lvm_vg.name)
+    assert lvs[snap.snapshot_id][0] == "V" and lvs[snap.snapshot_id][9] == "k", "thin, skipped on activation"
+
+    restored = await backend.create_volume(replace(spec("pvc-restored", 16 * MIB, "thin"),
+                                                   source=ContentSource(SourceKind.SNAPSHOT, snap.snapshot_id)))
+    clone = await backend.create_volume(replace(spec("pvc-clone", 0, "thin"),
+                                                source=ContentSource(SourceKind.VOLUME, source.volume_id)))
+    assert (restored.capacity_bytes, clone.capacity_bytes) == (16 * MIB, 8 * MIB)
+    assert restored.source == ContentSource(SourceKind.SNAPSHOT, snap.snapshot_id)
+    lvs = our_lvs(lvm_vg.name)
+    assert lvs[restored.volume_id][4] == "-" and lvs[restored.volume_id][9] == "-", "inactive, activatable"
+    assert await backend.attach(restored.volume_id, readonly=False) == f"/dev/{lvm_vg.name}/{restored.volume_id}"
+    await backend.detach(restored.volume_id)
+
+    thick = await backend.create_volume(spec("pvc-snap-thick", 8 * MIB, "thick"))
+    with pytest.raises(errors.InvalidArgument):
+        await backend.create_snapshot(thick.volume_id, "snap-thick", {})
+    with pytest.raises(errors.SnapshotConflict):
+        await backend.create_snapshot(thick.volume_id, "snap-1", {})
+    with pytest.raises(errors.OutOfRange):
+        await backend.create_volume(replace(spec("pvc-small", 4 * MIB, "thin"),
+                                            source=ContentSource(SourceKind.SNAPSHOT, snap.snapshot_id)))
+
+    restarted = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, runner)
+    await restarted.start()
+    assert await restarted.list_snapshots() == [snap]
+    assert (await restarted.get_volume(clone.volume_id)).source == ContentSource(SourceKind.VOLUME, source.volume_id)
+    await restarted.delete_volume(source.volume_id)
+    assert await restarted.get_snapshot(snap.snapshot_id) == snap, "a snapshot outlives its source"
+    await restarted.delete_snapshot(snap.snapshot_id)
+    await restarted.delete_snapshot(snap.snapshot_id)
+    with pytest.raises(errors.SnapshotNotFound):
+        await restarted.get_snapshot(snap.snapshot_id)
+    for volume in (restored, clone, thick):
+        await restarted.delete_volume(volume.volume_id)
+    assert our_lvs(lvm_vg.name) == {}

@@ -146,3 +146,13 @@ def test_an_armed_fault_point_kills_the_process() -> None:
                           check=False)
     assert done.returncode == -9
     assert done.stdout == "ok\n"
+
+
+@pytest.mark.anyio
+async def test_mounted_device_of_a_path_removed_meanwhile_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def vanished(path: str) -> object:
+        raise SyscallError("stat", errno.ENOENT, path)
+
+    monkeypatch.setattr("backends.system.mount.path_state", vanished)
+    assert await paths.mounted_device("/somewhere") is None
+    assert await paths.path_usage("/somewhere") is None
