@@ -19,6 +19,7 @@ instance finds every volume from LVM alone::
     localcsi.dev/name=<CSI name>     or localcsi.dev/name.hex=<hex> when the name has
                                      characters LVM tags cannot hold
     localcsi.dev/published=<node>    (or published.hex=) set by ControllerPublish
+    localcsi.dev/published-ro=<node> (or published-ro.hex=) when that publish is read-only
     localcsi.dev/content-source=snapshot:<id> | volume:<id>   a restored or cloned volume
 
 A snapshot is an LV named by its snapshot id (``lcs-`` + 32 hex digits, from
@@ -40,8 +41,9 @@ Attachment. ``attach`` activates the LV (``lvchange -ay``) and returns
 ``/dev/mapper`` node when there is no udev. ``detach`` deactivates it
 (``lvchange -an``): an LV is active exactly while it is staged on this node, so a
 deleted or moved volume leaves no device-mapper device behind, and ``attach``/
-``detach`` answer the same after a driver restart. New LVs are deactivated right
-after creation for the same reason.
+``detach`` answer the same after a driver restart. For the same reason thin LVs are
+created inactive (``-an``) and linear ones, which lvcreate activates to zero
+their start, are deactivated right after.
 
 Health. ``Volume.condition`` comes from ``lv_attr`` and ``lv_health_status``
 (a missing PV makes the LV partial; suspended or table-less devices; a thin
@@ -89,6 +91,7 @@ from backends.base import (
     VolumeSpec,
     is_snapshot_id,
     is_volume_id,
+    published,
     snapshot_id_for,
 )
 from backends.system.errors import CommandError
@@ -111,6 +114,7 @@ TAG_OWNER = "localcsi.dev/owner=localcsi"
 TAG_FORMAT = "localcsi.dev/format=1"
 TAG_NAME = "localcsi.dev/name"
 TAG_PUBLISHED = "localcsi.dev/published"
+TAG_READONLY = "localcsi.dev/published-ro"
 TAG_CONTENT_SOURCE = "localcsi.dev/content-source"
 TAG_SNAPSHOT_NAME = "localcsi.dev/snapshot-name"
 TAG_SOURCE_VOLUME = "localcsi.dev/source-volume"
@@ -367,8 +371,10 @@ class LvmBackend:
         else:
             await self._lvm.create_linear(self._vg, volume_id, size, tags)
         with anyio.CancelScope(shield=True):
-            # Active exactly while staged: undo lvcreate's activation.
-            await self._lvm.deactivate(self._vg, volume_id)
+            if not thin:
+                # Active exactly while staged: undo the activation lvcreate needs to zero a linear LV
+                # (thin LVs are created inactive, so a crash here can leave none active).
+                await self._lvm.deactivate(self._vg, volume_id)
             lv = await self._require(volume_id)
         logger.info(
             "created {kind} LV {vg}/{id} of {size} bytes for {name!r}",
@@ -423,7 +429,6 @@ class LvmBackend:
                 try:
                     if size > origin.size_bytes:
                         await self._lvm.extend(self._vg, volume_id, size)
-                    await self._lvm.deactivate(self._vg, volume_id)
                 except BaseException:
                     await self._lvm.remove(self._vg, volume_id)
                     raise
@@ -539,8 +544,13 @@ class LvmBackend:
         lv = await self._require(volume_id)
         if node_id != self._node_id:
             raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
-        if node_id not in decode_tags(lv.tags, TAG_PUBLISHED):
-            await self._lvm.change_tags(self._vg, volume_id, add=[encode_tag(TAG_PUBLISHED, node_id)])
+        nodes = tuple(decode_tags(lv.tags, TAG_PUBLISHED))
+        change = published(nodes, tuple(decode_tags(lv.tags, TAG_READONLY)), node_id, readonly)
+        if change is not None:
+            add = [encode_tag(TAG_PUBLISHED, node_id)]
+            if readonly:
+                add.append(encode_tag(TAG_READONLY, node_id))
+            await self._lvm.change_tags(self._vg, volume_id, add=add)
             await self._lookup(volume_id)
         return {}
 
@@ -548,10 +558,11 @@ class LvmBackend:
         lv = await self._lookup(volume_id)
         if lv is None:
             return
+        keys = (f"{TAG_PUBLISHED}=", f"{TAG_PUBLISHED}.hex=", f"{TAG_READONLY}=", f"{TAG_READONLY}.hex=")
         stale = [
             tag for tag in lv.tags
-            if (tag.startswith((f"{TAG_PUBLISHED}=", f"{TAG_PUBLISHED}.hex=")))
-            and (not node_id or decode_tags([tag], TAG_PUBLISHED) == [node_id])
+            if tag.startswith(keys)
+            and (not node_id or node_id in decode_tags([tag], TAG_PUBLISHED) + decode_tags([tag], TAG_READONLY))
         ]  # fmt: skip
         if stale:
             await self._lvm.change_tags(self._vg, volume_id, delete=stale)

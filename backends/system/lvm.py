@@ -302,7 +302,8 @@ class Lvm:
         await self.run("lvcreate", [*args, *_tag_args("--addtag", tags), "--", vg])
 
     async def create_thin(self, vg: str, pool: str, name: str, size_bytes: int, tags: Iterable[str]) -> None:
-        args = ["-q", "-y", "--type", "thin", "-V", size_arg(size_bytes), "--thinpool", pool, "-n", name]
+        """A thin LV, left inactive (``-an``): the pool zeroes blocks on first write, nothing to wipe."""
+        args = ["-q", "-y", "--type", "thin", "-V", size_arg(size_bytes), "--thinpool", pool, "-n", name, "-an"]
         await self.run("lvcreate", [*args, *_tag_args("--addtag", tags), "--", vg])
 
     async def create_thin_snapshot(
@@ -310,12 +311,12 @@ class Lvm:
     ) -> None:
         """A thin snapshot of the thin LV ``origin`` (no size: it shares the origin's pool).
 
-        With ``activation_skip`` the new LV carries LVM's skip flag (``k``) and is
-        not activated (what a snapshot wants); without it, it is an ordinary thin
-        LV that ``lvchange -ay`` activates (what a restored or cloned volume wants).
+        The new LV is left inactive (``-an``). With ``activation_skip`` it carries
+        LVM's skip flag (``k``: what a snapshot wants); without it, it is an
+        ordinary thin LV that ``lvchange -ay`` activates (a restored or cloned volume).
         An active origin is suspended for the instant of the snapshot.
         """
-        args = ["-q", "-y", "-s", "-n", name, "--setactivationskip", "y" if activation_skip else "n"]
+        args = ["-q", "-y", "-s", "-n", name, "-an", "--setactivationskip", "y" if activation_skip else "n"]
         await self.run("lvcreate", [*args, *_tag_args("--addtag", tags), "--", f"{vg}/{origin}"])
 
     async def activate_skipped(self, vg: str, name: str) -> None:

@@ -1,14 +1,15 @@
 """The conformance suite (e2e/conformance) inside the kernel lane.
 
-* against ``localcsi serve --backend lvm``: thick (no thin pool) and thin, mount
-  ext4 and raw block; every spec that applies must pass (the snapshot and clone
-  specs run where the thin pool makes the driver offer them);
+* against ``localcsi serve --backend lvm``: thin mount ext4 (all specs,
+  snapshots and clones included); with ``LOCALCSI_LANE_FULL=1`` also thick (no
+  thin pool: the snapshot and clone specs do not apply) and thin raw block;
 * against loopfile ext4, the one online-expansion spec the host cannot run
   (EXT4_IOC_RESIZE_FS needs CAP_SYS_RESOURCE, which root has here).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -22,11 +23,17 @@ from tests.support import DriverProcess
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.slow]
 NODE_ID = "conformance-node"
 
+#: The lane in CI has ~25 minutes for everything; under TCG the suite takes 7.5 min thin (112 specs, snapshots
+#: included) and 4.5 min thick (85 specs: snapshots and clones do not apply). CI runs thin-mount-ext4; set
+#: LOCALCSI_LANE_FULL=1 for all three (hack/vmtest passes LOCALCSI_* variables to the guest).
+FULL = os.environ.get("LOCALCSI_LANE_FULL") == "1"
+EXTRA = pytest.mark.skipif(not FULL, reason="runs with LOCALCSI_LANE_FULL=1 (the CI lane's time budget)")
+
 # (id, thin pool, access)
 LVM_CONFIGS = [
-    ("thick-mount-ext4", False, "mount"),
-    ("thin-mount-ext4", True, "mount"),
-    ("thin-block", True, "block"),
+    pytest.param(True, "mount", id="thin-mount-ext4"),
+    pytest.param(False, "mount", id="thick-mount-ext4", marks=EXTRA),
+    pytest.param(True, "block", id="thin-block", marks=EXTRA),
 ]
 
 
@@ -65,8 +72,7 @@ def lvm_conformance_driver(request: pytest.FixtureRequest, tmp_path_factory: pyt
 
 
 @pytest.mark.timeout(1500)
-@pytest.mark.parametrize(("lvm_conformance_driver", "access"), [c[1:] for c in LVM_CONFIGS],
-                         ids=[c[0] for c in LVM_CONFIGS], indirect=["lvm_conformance_driver"])
+@pytest.mark.parametrize(("lvm_conformance_driver", "access"), LVM_CONFIGS, indirect=["lvm_conformance_driver"])
 def test_lvm_passes_the_conformance_suite(lvm_conformance_driver: DriverProcess, access: str,
                                           lvm_vg: VolumeGroup) -> None:
     driver = lvm_conformance_driver
