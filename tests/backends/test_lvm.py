@@ -70,6 +70,9 @@ async def test_create_rounds_to_extents_tags_and_leaves_the_lv_inactive() -> Non
     assert thick.capacity_bytes == thin.capacity_bytes == 12 * MIB
     create_thick, create_thin = calls_of(runner, "lvcreate")
     assert "12582912b" in create_thick and "--thinpool" in create_thin and "12582912b" in create_thin
+    # A thin LV is made inactive; only the linear one, activated by lvcreate to zero it, needs lvchange -an.
+    assert "-an" in create_thin and "-an" not in create_thick
+    assert len(calls_of(runner, "lvchange")) == 1
     for argv in (create_thick, create_thin):
         tags = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--addtag"]
         assert {"localcsi.dev/owner=localcsi", "localcsi.dev/format=1"} <= set(tags)
