@@ -148,10 +148,12 @@ def _innermost(exc: BaseException) -> BaseException:
     return exc
 
 
-def factory_features(name: str) -> Any:
-    """Features for controller mode, where no backend is started: from the backend class itself."""
-    from backends.base import Features
+def factory_features(name: str) -> Features:
+    """Features a controller-mode instance (no backend started) advertises for a backend.
 
+    Controller mode serves only ControllerPublish/Unpublish and ControllerExpand, so only ``expansion`` matters:
+    rawdisk volumes are whole disks and cannot grow.
+    """
     known = {"loopfile": Features(expansion=True), "lvm": Features(expansion=True),
              "rawdisk": Features(expansion=False)}
     return known.get(name, Features())
