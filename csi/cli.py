@@ -19,6 +19,7 @@ import anyio
 from loguru import logger
 
 from backends import errors, faults
+from backends.base import Features
 
 LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
