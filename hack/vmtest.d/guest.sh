@@ -24,15 +24,15 @@ source /run/vmtest/env || die "cannot read /run/vmtest/env"
 mkdir -p /dev/shm  # devtmpfs has none; POSIX semaphores (multiprocessing locks) live there
 # The repository may itself live under one of the directories that get a scratch tmpfs (CI clones into
 # /tmp, say): hold it aside first and put it back at its own path, where its .venv expects it.
-mkdir -p /run/vmtest-repo && mount --bind "$VMTEST_REPO" /run/vmtest-repo \
-    || die "cannot hold the repository $VMTEST_REPO"
+mkdir -p /run/vmtest-repo
+mount --bind "$VMTEST_REPO" /run/vmtest-repo || die "cannot hold the repository $VMTEST_REPO"
 for dir in /tmp /var/tmp /dev/shm /etc/lvm /mnt /media; do
     [ -d "$dir" ] || continue
     mount -t tmpfs -o mode=1777 tmpfs "$dir" || die "cannot mount tmpfs on $dir"
 done
 if [ ! -e "$VMTEST_REPO/pyproject.toml" ]; then
-    mkdir -p "$VMTEST_REPO" && mount --bind /run/vmtest-repo "$VMTEST_REPO" \
-        || die "cannot put the repository back at $VMTEST_REPO"
+    mkdir -p "$VMTEST_REPO"
+    mount --bind /run/vmtest-repo "$VMTEST_REPO" || die "cannot put the repository back at $VMTEST_REPO"
 fi
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 chmod 0755 /etc/lvm
