@@ -86,7 +86,19 @@ async def ensure_mounted(
         return
     elif not here.is_dir:
         raise InvalidArgument(f"mount target {target} exists and is not a directory")
-    await mnt.mount(device, target, fs_type, options=options, readonly=readonly)
+    await mnt.mount(device, target, fs_type, options=filesystem_options(fs_type, options), readonly=readonly)
+
+
+def filesystem_options(fs_type: str, options: Sequence[str]) -> list[str]:
+    """``options`` plus what every volume of ``fs_type`` needs to mount.
+
+    xfs refuses a second filesystem with a UUID it already has mounted, and every
+    snapshot, restore and clone is a copy with its source's UUID on the same node (a
+    local volume never leaves it): xfs volumes are mounted ``nouuid``.
+    """
+    if fs_type == "xfs" and "nouuid" not in options:
+        return [*options, "nouuid"]
+    return list(options)
 
 
 async def _create_target(target: str, *, file: bool) -> None:
