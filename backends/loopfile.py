@@ -7,15 +7,26 @@ Layout under ``--loopfile-dir``::
     snapshots/<snap id>.img   a snapshot: an independent copy of a volume's image
     snapshots/<snap id>.json  its record (schema 1)
 
-Crash safety comes from ordering. Create writes the record in state
-``creating`` first, then the image, then the record in state ``ready``;
-delete marks the record ``deleting``, removes the image, then the record.
-At start-up a record left ``creating`` or ``deleting`` is finished off (the
-caller was never told it succeeded, and its retry starts clean), and an image
-without a record is reported and left alone: we never remove data we cannot
-account for. Snapshots follow the same order (``creating`` → copy →
-``ready``; ``deleting`` → remove), and an interrupted copy also thaws the
-source's filesystem, which may have been frozen for it.
+Crash safety comes from ordering and names. A new blank volume's image is
+made as ``.tmp-<id>.img`` (fallocated and fsynced), its ``ready`` record is
+written beside it (fsynced, renamed to ``<id>.json``), the image is renamed
+to ``<id>.img`` and one fsync of the directory makes both names durable
+before the caller hears of success: three fsyncs. Delete renames the image
+back to ``.tmp-<id>.img`` (the mark), removes the record and the image, and
+fsyncs the directory once. At start-up a ``.tmp-<id>.img`` is an unfinished
+creation or deletion: it and ``<id>.json`` are removed (the caller was never
+told it succeeded, and its retry starts clean). This relies on the renames of
+one directory reaching the disk in the order they were made, which the
+journals of ext4, xfs and btrfs guarantee; were they reordered, the worst
+case is an image without a record, which is reported and left alone: we never
+remove data we cannot account for.
+
+Copies (clones, restores, snapshots) write a record in state ``creating``
+first, then the copy, then the record ``ready``; a snapshot is deleted by
+marking its record ``deleting`` first. At start-up a record left ``creating``
+or ``deleting`` (also from older drivers, which made blank volumes that way)
+is finished off, and an interrupted copy also thaws the source's filesystem,
+which may have been frozen for it.
 
 Snapshots and clones are copies: a copy-on-write clone (``FICLONE``) where the
 image directory's filesystem shares extents (xfs with reflink, btrfs),
@@ -85,6 +96,8 @@ CONTEXT_BACKEND = "localcsi.dev/backend"
 CONTEXT_PROVISIONING = "localcsi.dev/provisioning"
 
 CREATING, READY, DELETING = "creating", "ready", "deleting"
+#: Prefix of an image being created or deleted (start-up removes it and its record).
+PENDING_PREFIX = ".tmp-"
 SNAPSHOT_DIR = "snapshots"
 
 
@@ -214,6 +227,14 @@ class SnapshotRecord:
         )
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:
     """VolumeSnapshotClass parameters: only the sidecar's own ``csi.storage.k8s.io/`` keys are accepted."""
     for key in parameters:
@@ -281,6 +302,10 @@ class LoopfileBackend:
     def _meta(self, volume_id: str) -> str:
         return os.path.join(self._dir, volume_id + ".json")
 
+    def _pending_image(self, volume_id: str) -> str:
+        """The image's name while it is being created or deleted."""
+        return os.path.join(self._dir, PENDING_PREFIX + volume_id + ".img")
+
     def _snap_image(self, snapshot_id: str) -> str:
         return os.path.join(self._snap_dir, snapshot_id + ".img")
 
@@ -308,6 +333,7 @@ class LoopfileBackend:
     async def start(self) -> None:
         require_tools(["mkfs.ext4", "mkfs.xfs", "blkid"])
         await anyio.to_thread.run_sync(self._prepare_directory)
+        await anyio.to_thread.run_sync(self._finish_pending_images)
         records = await anyio.to_thread.run_sync(self._scan_records)
         snapshots = await anyio.to_thread.run_sync(self._scan_snapshots)
         self._records = {r.volume_id: r for r in records if r.state == READY}
@@ -329,7 +355,7 @@ class LoopfileBackend:
     async def _find_loops(self) -> None:
         image_dir = self._dir + os.sep
         for dev in await loop.list_attached():
-            if dev.backing_file.startswith(image_dir):
+            if dev.backing_file.startswith(image_dir) and not dev.autoclear:
                 volume_id = os.path.basename(dev.backing_file).removesuffix(".img")
                 if volume_id in self._records:
                     self._loops[volume_id] = dev
@@ -384,6 +410,23 @@ class LoopfileBackend:
         for directory in (self._dir, self._snap_dir):
             for leftover in Path(directory).glob(".tmp-*.json"):
                 leftover.unlink(missing_ok=True)
+
+    def _finish_pending_images(self) -> None:
+        """Blocking: remove what an interrupted creation or deletion left (``.tmp-<id>.img`` and its record)."""
+        with os.scandir(self._dir) as entries:
+            pending = [e.name for e in entries if e.name.startswith(PENDING_PREFIX) and e.name.endswith(".img")]
+        for name in pending:
+            volume_id = name[len(PENDING_PREFIX):-len(".img")]
+            if not is_volume_id(volume_id):
+                continue
+            finished = os.path.exists(self._image(volume_id))  # never the case unless someone else made it
+            logger.warning("finishing interrupted creation or deletion of volume {}", volume_id)
+            os.unlink(os.path.join(self._dir, name))
+            if not finished:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._meta(volume_id))
+        if pending:
+            fsync_directory(self._dir)
 
     def _scan_records(self) -> list[ImageRecord]:
         records = []
@@ -470,19 +513,29 @@ class LoopfileBackend:
         return record.to_volume()
 
     def _create_files(self, record: ImageRecord, thin_outstanding: int) -> None:
-        """Blocking: check space, then write the intent record, the image and the ready record, in that order.
+        """Blocking: check space, make the pending image, write the ready record, then publish the image's name.
 
-        Any failure removes what this call wrote; a crash leaves a ``creating`` record that start-up clears.
+        Three fsyncs, two journal commits: the record's fsync commits the image's allocation with it, so the
+        image's own fsync that follows finds nothing left to commit; then the directory, after both renames.
+        Any failure removes what this call wrote; a crash leaves ``.tmp-<id>.img``, which start-up removes with
+        the record.
         """
         self._check_space(record.capacity_bytes, record.thin, thin_outstanding)
-        write_record(self._meta(record.volume_id), record.to_json())
-        fault_point("create.after_meta")
+        image, pending = self._image(record.volume_id), self._pending_image(record.volume_id)
+        if os.path.lexists(image):  # an image without a record: not ours to overwrite
+            raise FileExistsError(errno.EEXIST, "an image without a metadata record is in the way", image)
+        self._make_image(pending, record.capacity_bytes, record.thin)
         try:
-            self._make_image(self._image(record.volume_id), record.capacity_bytes, record.thin)
             fault_point("create.after_image")
-            write_record(self._meta(record.volume_id), replace(record, state=READY).to_json())
+            write_record(self._meta(record.volume_id), replace(record, state=READY).to_json(), sync_directory=False)
+            fault_point("create.after_meta")
+            _fsync_file(pending)
+            os.rename(pending, image)
+            fsync_directory(self._dir)
             fault_point("create.after_ready")
         except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending)
             self._remove_files_sync(record.volume_id)
             raise
 
@@ -604,6 +657,7 @@ class LoopfileBackend:
 
     @staticmethod
     def _make_image(path: str, size: int, thin: bool) -> None:
+        """Create and size the file at ``path``; not fsynced (the caller does, after the record's fsync)."""
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
             if thin:
@@ -619,14 +673,14 @@ class LoopfileBackend:
                     if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                         raise
                     os.ftruncate(fd, size)
-            os.fsync(fd)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+        except BaseException as exc:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise errors.CapacityExhausted(f"the loopfile filesystem has no room for {size} bytes") from exc
             raise
-        finally:
-            os.close(fd)
-        fsync_directory(os.path.dirname(path))
+        os.close(fd)
 
     async def _reserve(self, size: int, thin: bool) -> None:
         outstanding = await self._thin_outstanding()
@@ -651,24 +705,26 @@ class LoopfileBackend:
             raise errors.VolumeInUse(f"volume {volume_id} is still attached as {device}; unstage it first")
         self._records.pop(volume_id, None)
         try:
-            await anyio.to_thread.run_sync(self._delete_files, replace(record, state=DELETING))
+            await anyio.to_thread.run_sync(self._delete_files, volume_id)
         except BaseException:
             self._records[volume_id] = record
             raise
         self._thin_allocated.pop(volume_id, None)
         logger.debug("deleted volume {}", volume_id)
 
-    def _delete_files(self, deleting: ImageRecord) -> None:
-        """Blocking: mark the record ``deleting`` (start-up finishes a crashed delete), then remove both files."""
-        try:
-            write_record(self._meta(deleting.volume_id), deleting.to_json())
-        except errors.CapacityExhausted:
-            # A full filesystem has no room for the mark, and deleting is how room is made: remove the files
-            # anyway. A crash in between leaves a "ready" record without its image (the volume reports itself
-            # abnormal) and the CO's retry of DeleteVolume removes it.
-            logger.warning("no room to mark volume {} deleting; removing it unmarked", deleting.volume_id)
+    def _delete_files(self, volume_id: str) -> None:
+        """Blocking: mark the image pending by renaming it (start-up finishes a crashed delete), remove both files.
+
+        A rename needs no free space, so this works on a full filesystem too. One fsync, of the directory.
+        """
+        pending = self._pending_image(volume_id)
+        with contextlib.suppress(FileNotFoundError):  # already gone: the record alone is left to remove
+            os.rename(self._image(volume_id), pending)
         fault_point("delete.after_mark")
-        self._remove_files_sync(deleting.volume_id)
+        for path in (self._meta(volume_id), pending):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        fsync_directory(self._dir)
 
     async def get_volume(self, volume_id: str) -> Volume:
         record = self._records.get(volume_id)
@@ -796,7 +852,8 @@ class LoopfileBackend:
             return None
         # Cheap check that the device still backs this image (someone may have detached it).
         current = await loop.get_device(dev.path)
-        if current is None or current.backing_file != self._image(volume_id):
+        # A device being detached (autoclear, see loop.detach) dies at its holder's last close: never hand it out.
+        if current is None or current.backing_file != self._image(volume_id) or current.autoclear:
             self._loops.pop(volume_id, None)
             return None
         return dev.path

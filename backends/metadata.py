@@ -21,19 +21,24 @@ from backends.errors import CapacityExhausted, SystemFailure
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def write_record(path: str, record: Mapping[str, Any]) -> None:
-    """Atomically replace ``path`` with ``record`` as JSON. Blocking: run in a thread."""
+def write_record(path: str, record: Mapping[str, Any], *, sync_directory: bool = True) -> None:
+    """Atomically replace ``path`` with ``record`` as JSON. Blocking: run in a thread.
+
+    ``sync_directory=False`` leaves the rename's durability to the caller, which
+    must fsync the directory itself before it reports success (one directory
+    fsync then covers several renames).
+    """
     directory = os.path.dirname(path) or "."
     data = json.dumps(record, sort_keys=True, indent=1).encode()
     try:
-        _replace_atomically(directory, path, data)
+        _replace_atomically(directory, path, data, sync_directory)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full filesystem is "no room", not an internal error
             raise CapacityExhausted(f"no room to write metadata {path}: {exc.strerror}") from exc
         raise
 
 
-def _replace_atomically(directory: str, path: str, data: bytes) -> None:
+def _replace_atomically(directory: str, path: str, data: bytes, sync_directory: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
     try:
         try:
@@ -48,7 +53,8 @@ def _replace_atomically(directory: str, path: str, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_directory(directory)
+    if sync_directory:
+        fsync_directory(directory)
 
 
 def fsync_directory(directory: str) -> None:

@@ -65,6 +65,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--page-size", type=int, default=100)
     p.add_argument("--no-bare", action="store_true", help="skip the bare-commands baseline")
     p.add_argument("--bare-dir", default="", help="where the baseline's images go (default: beside the work dir)")
+    p.add_argument("--bare-lvm-vg", default="", metavar="VG",
+                   help="bare baseline with LVs in this volume group (lvcreate/lvremove) instead of loop files")
     p.add_argument("--fio", action="store_true", help="also run the fio data-path comparison")
     p.add_argument("--fio-runtime", type=int, default=10, help="seconds per fio job")
     p.add_argument("--fio-size", type=int, default=256 * MIB, help="bytes of the fio file/device")
@@ -146,16 +148,24 @@ def memory(sample: ProcSample | None) -> dict[str, float] | None:
     return {"rss_mib": round(sample.rss_bytes / MIB, 1), "peak_rss_mib": round(sample.hwm_bytes / MIB, 1)}
 
 
+def record_load(report: dict[str, Any], phase: str) -> None:
+    """The 1-minute load average when ``phase`` ended: the machine is shared, figures mean little without it."""
+    report.setdefault("load_average", {})[phase] = round(os.getloadavg()[0], 2)
+
+
 async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any]) -> None:
     a = opts.args
     report["memory_idle"] = memory(target.sample())
+    record_load(report, "start")
     if opts.wants("probe"):
         report["probe"] = await phases.probe(target, a.probe_calls)
+        record_load(report, "probe")
     if opts.wants("create-delete"):
         report["create_delete"] = [
             await phases.create_delete(target, n, a.cd_volumes, a.cd_size, a.cd_fs_type) for n in (a.in_flight or
                                                                                                   [16, 64])
         ]
+        record_load(report, "create_delete")
     fs_types = a.fs_type or list(DEFAULT_FS)
     if opts.wants("provision"):
         report["provision"] = [
@@ -163,17 +173,26 @@ async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any
                                    stats_calls=a.stats_calls, pair_calls=a.pair_calls)
             for fs in fs_types
         ]
+        record_load(report, "provision")
     if opts.wants("bare") and not a.no_bare:
         from csi.bench_bare import provision_bare
 
-        report["bare"] = [await provision_bare(opts.bare_dir, fs, a.iterations, a.volume_size) for fs in fs_types]
+        try:
+            report["bare"] = [await provision_bare(opts.bare_dir, fs, a.iterations, a.volume_size,
+                                                   lvm_vg=a.bare_lvm_vg) for fs in fs_types]
+        except Exception as exc:  # keep every figure measured so far; say why the floor is missing
+            report["bare_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"localcsi bench: the bare baseline failed: {report['bare_error']}", file=sys.stderr)
+        record_load(report, "bare")
     if opts.wants("scale"):
         report["scale"] = await phases.scale(target, existing=a.scale_volumes, samples=a.scale_samples, size=a.cd_size,
                                              fs_type=a.cd_fs_type, page_size=a.page_size, in_flight=16)
+        record_load(report, "scale")
     if a.fio and opts.wants("fio"):
         from csi.bench_fio import data_path
 
         report["fio"] = await data_path(target, opts.bare_dir, a.fio_size, a.fio_runtime, a.fio_variants)
+        record_load(report, "fio")
     report["memory_after"] = memory(target.sample())
 
 

@@ -1,8 +1,11 @@
 """The floor: the provisioning path done with the bare commands, no driver.
 
-Up: ``fallocate`` the image, ``losetup --direct-io=on -f --show``, ``mkfs``
-with the driver's own flags, ``mount``, ``mount --bind`` to the target.
-Down: ``umount`` both, ``losetup -d``, ``rm``. Each step is one process, as a
+Up: ``fallocate`` the image, ``losetup --direct-io=on --sector-size 4096 -f
+--show`` (the loop settings the driver gives every new volume), ``mkfs`` with
+the driver's own flags, ``mount``, ``mount --bind`` to the target.
+Down: ``umount`` both, ``losetup -d``, ``rm``. With a volume group
+(``--bare-lvm-vg``), the lvm path instead: ``lvcreate``, ``mkfs``, ``mount``,
+``mount --bind``; ``umount`` both, ``lvremove``. Each step is one process, as a
 shell script would do it; the driver's overhead is its time over this one.
 Everything made here is undone here, also on failure.
 """
@@ -18,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from backends.loopfile import LOGICAL_BLOCK_BYTES
 from backends.system.mkfs import mkfs_argv
 from backends.system.runner import ProcessRunner
 from csi.bench_stats import Recorder
@@ -43,7 +47,8 @@ async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, si
     started = time.perf_counter()
     try:
         await _step(runner, rec, "fallocate", ["fallocate", "-l", str(size), image])
-        device = await _step(runner, rec, "losetup", ["losetup", "--direct-io=on", "-f", "--show", image])
+        device = await _step(runner, rec, "losetup", ["losetup", "--direct-io=on", "--sector-size",
+                                                      str(LOGICAL_BLOCK_BYTES), "-f", "--show", image])
         await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
         await _step(runner, rec, "mount", ["mount", "-t", fs_type, device, staging])
         mounted.append(staging)
@@ -69,16 +74,58 @@ async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, si
                 os.unlink(image)
 
 
-async def provision_bare(base_dir: str, fs_type: str, iterations: int, size: int) -> dict[str, Any]:
+async def _one_lvm(runner: ProcessRunner, rec: Recorder, root: str, vg: str, *, fs_type: str, size: int) -> None:
+    """The lvm path as a script would do it: ``lvcreate``, ``mkfs``, ``mount``, ``mount --bind``; and back."""
+    name = f"bare-{os.getpid()}"
+    device = f"/dev/{vg}/{name}"
+    staging = os.path.join(root, "staging")
+    target = os.path.join(root, "target")
+    for directory in (staging, target):
+        await anyio.to_thread.run_sync(functools.partial(os.makedirs, directory, exist_ok=True))
+    created = False
+    mounted: list[str] = []
+    started = time.perf_counter()
+    try:
+        await _step(runner, rec, "lvcreate", ["lvcreate", "-q", "-y", "-L", f"{size}b", "-n", name, vg])
+        created = True
+        await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
+        await _step(runner, rec, "mount", ["mount", "-t", fs_type, device, staging])
+        mounted.append(staging)
+        await _step(runner, rec, "mount --bind", ["mount", "--bind", staging, target])
+        mounted.append(target)
+        rec.add("up (bare)", time.perf_counter() - started)
+        started = time.perf_counter()
+        await _step(runner, rec, "umount target", ["umount", target])
+        mounted.remove(target)
+        await _step(runner, rec, "umount staging", ["umount", staging])
+        mounted.remove(staging)
+        await _step(runner, rec, "lvremove", ["lvremove", "-q", "-f", f"{vg}/{name}"])
+        created = False
+        rec.add("down (bare)", time.perf_counter() - started)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for point in reversed(mounted):
+                await runner.run(["umount", point], timeout=COMMAND_TIMEOUT, check=False)
+            if created:
+                await runner.run(["lvremove", "-q", "-f", f"{vg}/{name}"], timeout=COMMAND_TIMEOUT, check=False)
+
+
+async def provision_bare(base_dir: str, fs_type: str, iterations: int, size: int, *,
+                         lvm_vg: str = "") -> dict[str, Any]:
+    """The bare path ``iterations`` times: loop files in ``base_dir``, or LVs in ``lvm_vg`` when given."""
     runner = ProcessRunner()
     rec = Recorder()
     root = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="bare-", dir=base_dir))
     try:
         for _ in range(iterations):
-            await _one(runner, rec, root, fs_type, size)
+            if lvm_vg:
+                await _one_lvm(runner, rec, root, lvm_vg, fs_type=fs_type, size=size)
+            else:
+                await _one(runner, rec, root, fs_type, size)
     finally:
         await anyio.to_thread.run_sync(_remove_tree, root)
-    return {"fs_type": fs_type, "iterations": iterations, "size_bytes": size, "latency": rec.summaries()}
+    return {"fs_type": fs_type, "iterations": iterations, "size_bytes": size, "latency": rec.summaries(),
+            "kind": "lvm" if lvm_vg else "loopfile"}
 
 
 def _remove_tree(root: str) -> None:

@@ -150,12 +150,12 @@ async def data_path(target: phases.Target, directory: str, size: int, runtime: i
         per_target["driver block volume"] = await _driver_volume(target, runner, size, runtime, "")
         per_target["driver ext4 volume (file)"] = await _driver_volume(target, runner, size, runtime, "ext4")
         if variants:
-            per_target["bare loop, direct I/O (as the driver)"] = await _bare_loop(runner, scratch, size, runtime,
-                                                                                   ["--direct-io=on"])
+            per_target["bare loop, direct I/O, 4k sectors (as the driver)"] = await _bare_loop(
+                runner, scratch, size, runtime, ["--direct-io=on", "--sector-size", "4096"])
             per_target["bare loop, buffered I/O"] = await _bare_loop(runner, scratch, size, runtime,
                                                                      ["--direct-io=off"])
-            per_target["bare loop, direct I/O, 4k sectors"] = await _bare_loop(
-                runner, scratch, size, runtime, ["--direct-io=on", "--sector-size", "4096"])
+            per_target["bare loop, direct I/O, 512-byte sectors"] = await _bare_loop(runner, scratch, size, runtime,
+                                                                                     ["--direct-io=on"])
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(scratch)

@@ -80,6 +80,9 @@ def _targets(report: dict[str, Any]) -> list[str]:
 def render(report: dict[str, Any]) -> str:
     lines = [f"localcsi bench — {report.get('driver', {}).get('name', '?')} at {report['endpoint']} "
              f"({report['client']} client; {report['machine']['cpus']} CPUs, kernel {report['machine']['kernel']})"]
+    if report.get("load_average"):
+        lines.append("  load average (1 min) at the end of each phase: "
+                     + ", ".join(f"{phase} {load:.1f}" for phase, load in report["load_average"].items()))
     if "startup_seconds" in report:
         lines.append(f"  start-up to first ready Probe: {report['startup_seconds'] * 1000:.0f} ms")
     lines.append(f"  {'operation':<42} {'count':>6}  {'p50 / p99 ms':>20}")

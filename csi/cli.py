@@ -11,7 +11,7 @@ import os
 import shlex
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -20,6 +20,7 @@ from loguru import logger
 
 from backends import errors, faults
 from backends.base import Features
+from csi.logsink import BackgroundWriter
 
 LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -38,7 +39,8 @@ def configure_logging(level: str, fmt: str) -> None:
     """Install the one stderr sink; text for people, JSON (one object per line) for collectors."""
     logger.remove()
     if fmt == "json":
-        logger.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False, enqueue=True)
+        logger.add(BackgroundWriter(sys.stderr), level=level.upper(), serialize=True, backtrace=False,
+                   diagnose=False)
         return
 
     def patch(record: Any) -> None:
@@ -47,9 +49,9 @@ def configure_logging(level: str, fmt: str) -> None:
         extra["volume_id"] = f"{extra['volume_id']}: " if extra.get("volume_id") else ""
 
     logger.configure(patcher=patch)
-    # enqueue: a worker thread writes the lines, so a slow stderr pipe never stalls the event loop.
-    logger.add(sys.stderr, level=level.upper(), format=LOG_FORMAT, colorize=None, backtrace=False, diagnose=False,
-               enqueue=True)
+    # A worker thread writes the lines, so a slow stderr pipe never stalls the event loop.
+    logger.add(BackgroundWriter(sys.stderr), level=level.upper(), format=LOG_FORMAT, colorize=None,
+               backtrace=False, diagnose=False)
 
 
 def _env(name: str, default: str = "") -> str:
@@ -74,6 +76,9 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--lvm-thin-overprovision", type=float, default=1.0)
     p.add_argument("--rawdisk-device", action="append", default=[], metavar="GLOB",
                    help="allow-list pattern of whole disks the rawdisk backend may claim (repeatable)")
+    p.add_argument("--rawdisk-snapshot-dir", default=_env("LOCALCSI_RAWDISK_SNAPSHOT_DIR"), metavar="DIR",
+                   help="where rawdisk snapshots (sparse images) are kept; without it rawdisk offers no snapshots "
+                        "[$LOCALCSI_RAWDISK_SNAPSHOT_DIR]")
     p.add_argument("--command-prefix", default="", help='prefix for every system command, e.g. "nsenter -t 1 -m --"')
     p.add_argument("--kubelet-dir", action="append", default=[], metavar="DIR",
                    help="refuse staging/target paths outside this directory (repeatable; default: any path)")
@@ -91,6 +96,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
         "lvm_thinpool": args.lvm_thinpool,
         "lvm_thin_overprovision": args.lvm_thin_overprovision,
         "rawdisk_devices": tuple(args.rawdisk_device),
+        "rawdisk_snapshot_dir": args.rawdisk_snapshot_dir,
         "command_prefix": tuple(shlex.split(args.command_prefix)),
     }
 
@@ -128,7 +134,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         factory = backends.factory(config.backend)
         backend = factory(node_id=node_id, options=config.backend_options, runner=runner) if mode.has_storage else None
-        features = backend.features if backend is not None else factory_features(config.backend)
+        features = backend.features if backend is not None else factory_features(
+            config.backend, config.backend_options)
         server = DriverServer(config, backend, runner, features=features,
                               path_prefixes=[os.path.abspath(p) for p in args.kubelet_dir])
         anyio.run(server.run)
@@ -149,14 +156,16 @@ def _innermost(exc: BaseException) -> BaseException:
     return exc
 
 
-def factory_features(name: str) -> Features:
+def factory_features(name: str, options: Mapping[str, object] | None = None) -> Features:
     """Features a controller-mode instance (no backend started) advertises for a backend.
 
     Controller mode serves only ControllerPublish/Unpublish and ControllerExpand, so only ``expansion`` matters:
-    rawdisk volumes are whole disks and cannot grow.
+    rawdisk volumes are whole disks and cannot grow. Snapshots and clones are stated as the node offers them
+    (rawdisk: clones always, snapshots with ``--rawdisk-snapshot-dir``), so the two modes never disagree.
     """
     known = {"loopfile": Features(expansion=True), "lvm": Features(expansion=True),
-             "rawdisk": Features(expansion=False)}
+             "rawdisk": Features(expansion=False, clones=True,
+                                 snapshots=bool((options or {}).get("rawdisk_snapshot_dir")))}
     return known.get(name, Features())
 
 
@@ -181,7 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_pydantic_out(argv: Sequence[str]) -> None:
+    """Before a ``serve`` process first imports betterproto2, make its optional pydantic import fail.
+
+    betterproto2 imports pydantic whenever it is installed (here only because a dev dependency pulls it in;
+    the image does not have it) and then asks pydantic about every message it parses or encodes. Our
+    generated classes are plain dataclasses, so that costs ~6 MiB of RSS and CPU per call for nothing.
+    """
+    if list(argv[:1]) == ["serve"] and "betterproto2" not in sys.modules:
+        sys.modules.setdefault("pydantic", None)  # type: ignore[arg-type]  # None: "import pydantic" fails
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_pydantic_out(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))

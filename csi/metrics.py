@@ -19,18 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 from grpclib.const import Status
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
 
 from backends.base import Backend
 from backends.system import loop
+
+if TYPE_CHECKING:  # prometheus_client (3 MiB resident) is imported only by a driver that serves metrics
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
 #: Latency buckets from Probe (sub-millisecond) to mkfs of a large volume (tens of seconds).
 LATENCY_BUCKETS = (
@@ -89,14 +90,16 @@ async def take_snapshot(backend: Backend | None) -> BackendSnapshot:
     )
 
 
-class _BackendCollector(Collector):
-    """Yields the snapshot taken just before rendering (no I/O inside ``collect``)."""
+class _BackendCollector:
+    """A prometheus_client collector: yields the snapshot taken just before rendering (no I/O in ``collect``)."""
 
     def __init__(self, driver: str, backend: str, version: str) -> None:
         self.labels = {"driver": driver, "backend": backend, "version": version}
         self.snapshot = BackendSnapshot(up=False)
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
         s = self.snapshot
         info = InfoMetricFamily("localcsi_build", "Driver name, backend and version.")
         info.add_metric([], self.labels)
@@ -123,6 +126,8 @@ class DriverMetrics:
     """The driver's metrics registry; an RPC :class:`~csi.rpc.Observer` and the scrape endpoint."""
 
     def __init__(self, backend: Backend | None, *, driver: str, backend_name: str, version: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.backend = backend
         self.registry = CollectorRegistry(auto_describe=False)
         self.calls = Counter("localcsi_rpc", "Finished CSI calls by RPC and gRPC status code.",
@@ -130,7 +135,7 @@ class DriverMetrics:
         self.latency = Histogram("localcsi_rpc_duration_seconds", "CSI call latency by RPC.", ["rpc"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self._backend_collector = _BackendCollector(driver, backend_name, version)
-        self.registry.register(self._backend_collector)
+        self.registry.register(cast("Collector", self._backend_collector))
 
     # -- Observer -----------------------------------------------------------
     def rpc_finished(self, rpc: str, status: Status, seconds: float) -> None:
@@ -140,6 +145,8 @@ class DriverMetrics:
     # -- exposition ---------------------------------------------------------
     async def render(self) -> bytes:
         """The text exposition format, with fresh backend figures."""
+        from prometheus_client.exposition import generate_latest
+
         snapshot = await take_snapshot(self.backend)
         # No await between storing the snapshot and rendering: concurrent scrapes cannot mix.
         self._backend_collector.snapshot = snapshot
@@ -167,6 +174,8 @@ class DriverMetrics:
                 elif path != b"/metrics":
                     await _respond(stream, 404, "Not Found", b"metrics are at /metrics\n", "text/plain")
                 else:
+                    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
                     body = await self.render()
                     await _respond(stream, 200, "OK", b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST)
             except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError, ValueError) as exc:

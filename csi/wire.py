@@ -10,6 +10,7 @@ walks the encoding once, recursing into message and map fields, and raises
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import betterproto2
@@ -25,6 +26,8 @@ MAX_DEPTH = 32
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
+    if i < len(data) and data[i] < 0x80:  # one-byte varints (tags, small numbers) are the common case
+        return data[i], i + 1
     value = shift = 0
     while True:
         if i >= len(data):
@@ -39,6 +42,23 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
             raise ValueError("varint longer than 10 bytes")
 
 
+def _field_end(data: bytes, number: int, wire: int, i: int) -> tuple[int, int]:
+    """(payload start, payload end) of the field whose key ended at ``i``; raises on malformed framing."""
+    if wire == VARINT:
+        return i, _varint(data, i)[1]
+    if wire in (FIXED64, FIXED32):
+        end = i + (8 if wire == FIXED64 else 4)
+        if end > len(data):
+            raise ValueError("truncated fixed-width field")
+        return i, end
+    if wire == LEN:
+        length, i = _varint(data, i)
+        if i + length > len(data):
+            raise ValueError(f"field {number} claims {length} bytes past the end of the message")
+        return i, i + length
+    raise ValueError(f"unsupported wire type {wire} (field {number})")
+
+
 def _fields(data: bytes) -> list[tuple[int, int, bytes]]:
     """(field number, wire type, payload) of every field; raises on malformed framing."""
     out = []
@@ -48,24 +68,8 @@ def _fields(data: bytes) -> list[tuple[int, int, bytes]]:
         number, wire = key >> 3, key & 7
         if number == 0:
             raise ValueError("field number 0")
-        if wire == VARINT:
-            start = i
-            _, i = _varint(data, i)
-            out.append((number, wire, data[start:i]))
-        elif wire in (FIXED64, FIXED32):
-            size = 8 if wire == FIXED64 else 4
-            if i + size > len(data):
-                raise ValueError("truncated fixed-width field")
-            out.append((number, wire, data[i:i + size]))
-            i += size
-        elif wire == LEN:
-            length, i = _varint(data, i)
-            if i + length > len(data):
-                raise ValueError(f"field {number} claims {length} bytes past the end of the message")
-            out.append((number, wire, data[i:i + length]))
-            i += length
-        else:
-            raise ValueError(f"unsupported wire type {wire} (field {number})")
+        start, i = _field_end(data, number, wire, i)
+        out.append((number, wire, data[start:i]))
     return out
 
 
@@ -84,14 +88,59 @@ def _check_value(meta: Any, wire: int, payload: bytes, cls: type | None, depth: 
                 _check_value(meta.map_meta[number - 1], entry_wire, entry, None, depth + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """What the check needs to know about one field of a message type, looked up once per type."""
+
+    meta: Any
+    expected_wire: int | None
+    packable: bool
+    kind: str  # "string", "message" (a betterproto2 message class), "map" or "" (nothing to look into)
+    cls: type | None
+
+
+_PLANS: dict[type, dict[int, _Field]] = {}
+
+
+def _plan(message_type: type[betterproto2.Message]) -> dict[int, _Field]:
+    plan = _PLANS.get(message_type)
+    if plan is not None:
+        return plan
+    proto: Any = getattr(message_type, "_betterproto")  # noqa: B009 - a classproperty mypy cannot type
+    plan = {}
+    for number, name in proto.field_name_by_number.items():
+        meta = proto.meta_by_field_name[name]
+        cls = proto.cls_by_field.get(name)
+        expected = _WIRE_OF.get(meta.proto_type)
+        kind = meta.proto_type if meta.proto_type in ("string", "map") else ""
+        if meta.proto_type == "message" and isinstance(cls, type) and issubclass(cls, betterproto2.Message):
+            kind = "message"
+        plan[number] = _Field(meta, expected, bool(meta.repeated) and expected in (VARINT, FIXED32, FIXED64),
+                              kind, cls)
+    _PLANS[message_type] = plan
+    return plan
+
+
 def check(data: bytes, message_type: type[betterproto2.Message], depth: int = 0) -> None:
     """Raise ValueError unless ``data`` is a well-formed encoding of ``message_type``."""
     if depth > MAX_DEPTH:
         raise ValueError("message nested too deeply")
-    proto: Any = getattr(message_type, "_betterproto")  # noqa: B009 - a classproperty mypy cannot type
-    for number, wire, payload in _fields(data):
-        name = proto.field_name_by_number.get(number)
-        if name is None:
+    plan = _plan(message_type)
+    i, size = 0, len(data)
+    while i < size:
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        start, i = _field_end(data, number, wire, i)
+        field = plan.get(number)
+        if field is None:
             continue  # unknown fields are kept, as protobuf does
-        cls = proto.cls_by_field.get(name)
-        _check_value(proto.meta_by_field_name[name], wire, payload, cls, depth)
+        if field.expected_wire is not None and wire != field.expected_wire and not (field.packable and wire == LEN):
+            raise ValueError(f"field {number} ({field.meta.proto_type}) arrived with wire type {wire}")
+        if field.kind == "string":
+            data[start:i].decode("utf-8")
+        elif field.kind == "message":
+            check(data[start:i], field.cls, depth + 1)  # type: ignore[arg-type]
+        elif field.kind == "map":
+            _check_value(field.meta, wire, data[start:i], None, depth)

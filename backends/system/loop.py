@@ -27,6 +27,7 @@ import fcntl
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ _LOOP_CONFIG = struct.Struct("=II" + _LOOP_INFO64 + "8Q")
 
 #: How often attach retries when another process takes the free device first.
 ATTACH_ATTEMPTS = 16
+#: How long a detach waits for a transient opener (a prober) to close before reporting the device in use.
+DETACH_GRACE_SECONDS = 2.0
 
 _DEVICE_PATH = re.compile(r"^/dev/loop(\d+)$")
 
@@ -73,6 +76,8 @@ class LoopDevice:
     readonly: bool
     direct_io: bool
     size_bytes: int
+    #: Detach requested while another process still has it open: the kernel drops it at that last close.
+    autoclear: bool = False
 
 
 def loop_number(path: str) -> int:
@@ -101,6 +106,7 @@ def _read_device(number: int) -> LoopDevice | None:
         dio = _read_attr(attrs / "dio") == "1"
         readonly = _read_attr(block / "ro") == "1"
         sectors = int(_read_attr(block / "size"))
+        autoclear = _read_attr(attrs / "autoclear") == "1"
     except (FileNotFoundError, ProcessLookupError, OSError):
         return None
     if not backing:
@@ -114,6 +120,7 @@ def _read_device(number: int) -> LoopDevice | None:
         readonly=readonly,
         direct_io=dio,
         size_bytes=sectors * 512,
+        autoclear=autoclear,
     )
 
 
@@ -177,8 +184,10 @@ def _get_free() -> int:
     try:
         return fcntl.ioctl(control, LOOP_CTL_GET_FREE)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise CapacityExhausted("the kernel has no free loop device (max_loop reached)") from exc
+        # GET_FREE takes no argument, so EINVAL means what ENOSPC does: no new device can be made. Kernel 6.1
+        # answers EINVAL once every loop minor is in use (seen in the kernel lane with max_part=255).
+        if exc.errno in (errno.ENOSPC, errno.EINVAL):
+            raise CapacityExhausted("the kernel has no free loop device (every loop device is in use)") from exc
         raise SyscallError.from_oserror("ioctl LOOP_CTL_GET_FREE", LOOP_CONTROL, exc) from exc
     finally:
         os.close(control)
@@ -280,6 +289,8 @@ async def attach(
 
 def _detach_sync(path: str) -> None:
     number = loop_number(path)
+    current = _read_device(number)
+    backing = current.backing_file if current is not None else ""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
@@ -298,9 +309,26 @@ def _detach_sync(path: str) -> None:
         raise SyscallError.from_oserror("ioctl LOOP_CLR_FD", path, exc) from exc
     finally:
         os.close(fd)
-    still = _read_device(number)
-    if still is not None:
+    if _detach_pending(number, backing):
         raise VolumeInUse(f"{path} is still open by another process; the kernel will detach it on the last close")
+
+
+def _detach_pending(number: int, backing: str) -> bool:
+    """Whether the detach is still waiting for another opener, after a short grace.
+
+    Probers (``blkid``, ``lsblk``, udev) open every block device for a moment; the
+    kernel then finishes the detach at their close. Only a holder that stays longer
+    than :data:`DETACH_GRACE_SECONDS` is reported. A device that came back bound to
+    another file was detached and taken by someone else.
+    """
+    deadline = time.monotonic() + DETACH_GRACE_SECONDS
+    while True:
+        still = _read_device(number)
+        if still is None or still.backing_file != backing:
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
 
 
 async def detach(path: str) -> None:

@@ -1,0 +1,61 @@
+"""What a serving driver keeps out of memory: pydantic always, prometheus_client unless metrics are on.
+
+Each check runs in a fresh interpreter: this test process has imported both long ago.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _loaded_after(code: str) -> set[str]:
+    probe = code + "\nimport sys\nprint(' '.join(sorted(m for m in ('pydantic', 'prometheus_client') " \
+                   "if sys.modules.get(m) is not None)))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    return set(done.stdout.split())
+
+
+def test_serve_imports_neither_pydantic_nor_prometheus_without_metrics() -> None:
+    loaded = _loaded_after(
+        "from csi import cli\n"
+        "cli.keep_pydantic_out(['serve'])\n"
+        "cli.build_parser()\n"
+        "import csi.server\n"
+        "from csi.gen.csi import v1 as csi\n"
+        "csi.CreateVolumeRequest.parse(bytes(csi.CreateVolumeRequest(name='x')))\n"
+    )
+    assert loaded == set()
+
+
+def test_messages_still_work_without_pydantic() -> None:
+    loaded = _loaded_after(
+        "from csi import cli\n"
+        "cli.keep_pydantic_out(['serve'])\n"
+        "from csi.gen.csi import v1 as csi\n"
+        "req = csi.CreateVolumeRequest(name='x', parameters={'a': 'b'})\n"
+        "assert csi.CreateVolumeRequest.parse(bytes(req)) == req\n"
+        "assert req.to_dict()['parameters'] == {'a': 'b'}\n"
+    )
+    assert "pydantic" not in loaded
+
+
+def test_other_commands_leave_pydantic_alone() -> None:
+    loaded = _loaded_after(
+        "from csi import cli\n"
+        "cli.keep_pydantic_out(['bench'])\n"
+        "import betterproto2\n"
+    )
+    assert "pydantic" in loaded  # installed in the dev venv, so betterproto2 imports it as usual
+
+
+def test_metrics_import_prometheus_client_when_used() -> None:
+    loaded = _loaded_after(
+        "from csi.metrics import DriverMetrics\n"
+        "DriverMetrics(None, driver='d', backend_name='b', version='v')\n"
+    )
+    assert "prometheus_client" in loaded
