@@ -8,6 +8,8 @@ container had been killed there. Points used by the drivers' mutations:
     create.after_meta   create.after_image   create.after_ready
     delete.after_mark   expand.after_grow
     stage.after_attach  stage.after_mkfs     stage.after_mount
+    rawdisk.create.after_copy      (clone/restore copied, claim still "copying")
+    rawdisk.snapshot.after_freeze  (source filesystem frozen, image not yet copied)
 """
 
 from __future__ import annotations

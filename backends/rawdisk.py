@@ -21,11 +21,26 @@ without any state directory. A claimed disk that disappears keeps its volume
 in the index with an abnormal condition until it returns (under any name).
 
 Expansion is impossible for a whole disk; ``Features(expansion=False)``.
+
+Clones and restores (CreateVolume with a content source) claim another free
+disk at least as large as the source, with a record in state ``copying``,
+copy the source's partition onto the new partition block for block
+(:mod:`backends.system.blockcopy`), and only then mark the record ``ready``:
+until that moment the volume is neither listed nor returned, and a claim
+still ``copying`` at start-up is wiped (the CO's retry starts over). A source
+volume whose filesystem is mounted is frozen for the copy, so the copy is
+consistent; a raw block source in use is refused (a copy could be torn).
+Snapshots need somewhere honest to live: with ``--rawdisk-snapshot-dir`` each
+is a sparse image of the partition in that directory
+(:mod:`backends.rawdisk_snapshots`), and only then are the snapshot
+capabilities advertised. Every copy costs the source's full size in I/O time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -35,9 +50,23 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
 from backends import errors, paths, rawdisk_claim
-from backends.base import Capacity, Condition, Features, Volume, VolumeSpec, WithoutSnapshots, published
+from backends.base import (
+    Capacity,
+    Condition,
+    ContentSource,
+    Features,
+    Snapshot,
+    SourceKind,
+    Volume,
+    VolumeSpec,
+    published,
+    snapshot_id_for,
+)
+from backends.faults import fault_point
 from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, inspect_one, scan
-from backends.system import disks, gpt, loop, uevents
+from backends.rawdisk_snapshots import CREATING, READY, SnapshotRecord, SnapshotStore, check_snapshot_parameters
+from backends.system import blockcopy, disks, gpt, loop, reflink, uevents
+from backends.system import mount as mnt
 from backends.system.runner import Runner, require_tools
 
 MIB = 1 << 20
@@ -65,9 +94,25 @@ class VolumeEntry:
             name=self.claim.record.name,
             capacity_bytes=self.claim.partition_bytes,
             context={CONTEXT_BACKEND: "rawdisk", CONTEXT_DISK: self.disk.path},
+            source=self.claim.record.source,
             published_node_ids=self.claim.record.published_node_ids,
             condition=condition,
         )
+
+
+@dataclass(frozen=True)
+class CopySource:
+    """Where a new volume's data comes from, and which volume (if any) to freeze while copying it."""
+
+    data: blockcopy.Range
+    #: The live source volume; "" for a snapshot image (nothing writes to it).
+    volume_id: str
+    #: Logical sector size the data was written with: the target disk's must not be larger.
+    sector_bytes: int
+
+    @property
+    def size_bytes(self) -> int:
+        return self.data.length
 
 
 def check_parameters(parameters: Mapping[str, str]) -> None:
@@ -93,13 +138,13 @@ def pick_disk(free: list[Disk], required_bytes: int, limit_bytes: int) -> Disk:
     )
 
 
-class RawdiskBackend(WithoutSnapshots):
+class RawdiskBackend:
     """Whole disks as volumes, claimed with an on-disk GPT mark."""
 
     name: ClassVar[str] = "rawdisk"
 
     def __init__(self, node_id: str, patterns: tuple[str, ...], runner: Runner, *,
-                 min_bytes: int = DEFAULT_MIN_BYTES, watch: bool = True) -> None:
+                 min_bytes: int = DEFAULT_MIN_BYTES, watch: bool = True, snapshot_dir: str = "") -> None:
         self._node_id = node_id
         self._patterns = patterns
         self._runner = runner
@@ -107,13 +152,19 @@ class RawdiskBackend(WithoutSnapshots):
         self._watch = watch
         self._disks: dict[str, Disk] = {}
         self._volumes: dict[str, VolumeEntry] = {}
+        #: Claims still ``copying``: clones and restores in flight, or left behind by a crash.
+        self._incomplete: dict[str, VolumeEntry] = {}
+        #: Volume ids whose copy runs in this process now.
+        self._copying: set[str] = set()
+        self._snapshots = SnapshotStore(snapshot_dir) if snapshot_dir else None
         self._loops: dict[str, loop.LoopDevice] = {}
         #: Serialises scans, claims and wipes: the pool of disks is one shared resource.
         self._lock = anyio.Lock()
         self._dirty = anyio.Event()
         self._scans = 0
         self._tg: TaskGroup | None = None
-        self._features = Features(block=True, filesystem=True, expansion=False, snapshots=False, clones=False,
+        self._features = Features(block=True, filesystem=True, expansion=False,
+                                  snapshots=self._snapshots is not None, clones=True,
                                   fs_types=("ext4", "xfs"), min_fs_bytes=MIN_FS_BYTES)
 
     @property
@@ -140,6 +191,7 @@ class RawdiskBackend(WithoutSnapshots):
             volume_id = wanted.get((dev.backing_file, dev.offset))
             if volume_id is not None:
                 self._loops[volume_id] = dev
+        await self._finish_interrupted()
         if self._watch:
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
@@ -172,10 +224,18 @@ class RawdiskBackend(WithoutSnapshots):
         for disk in found:
             if disk.claim is None:
                 continue
-            seen.add(disk.claim.volume_id)
-            if self._volumes.get(disk.claim.volume_id, None) is None:
-                logger.info("found volume {} on {}", disk.claim.volume_id, disk.path)
-            self._volumes[disk.claim.volume_id] = VolumeEntry(disk.claim, disk)
+            volume_id = disk.claim.volume_id
+            seen.add(volume_id)
+            if not disk.claim.record.ready:  # a clone or restore still copying: not a volume yet
+                self._incomplete[volume_id] = VolumeEntry(disk.claim, disk)
+                self._volumes.pop(volume_id, None)
+                continue
+            if self._volumes.get(volume_id, None) is None:
+                logger.info("found volume {} on {}", volume_id, disk.path)
+            self._volumes[volume_id] = VolumeEntry(disk.claim, disk)
+            self._incomplete.pop(volume_id, None)
+        for volume_id in [v for v in self._incomplete if v not in seen]:
+            self._incomplete.pop(volume_id)
         for volume_id, entry in list(self._volumes.items()):
             if volume_id not in seen and entry.present:
                 logger.warning("disk {} of volume {} has disappeared", entry.disk.path, volume_id)
@@ -220,20 +280,159 @@ class RawdiskBackend(WithoutSnapshots):
 
     async def create_volume(self, spec: VolumeSpec) -> Volume:
         check_parameters(spec.parameters)
-        if spec.source is not None:
-            raise errors.InvalidArgument("the rawdisk backend cannot create a volume from a snapshot or volume")
         existing = self._volumes.get(spec.volume_id)
         if existing is not None:
             return self._check_compatible(existing, spec)
+        if spec.volume_id in self._copying:
+            raise errors.Busy(f"volume {spec.volume_id} is still being copied; retry")
+        source = self._resolve_source(spec.source) if spec.source is not None else None
+        required = self._required(spec) if source is None else self._required_for_copy(spec, source.size_bytes)
         async with self._lock:
             existing = self._volumes.get(spec.volume_id)
             if existing is not None:
                 return self._check_compatible(existing, spec)
-            free = [d for d in self._disks.values() if d.state is State.FREE]
-            disk = pick_disk(free, self._required(spec), spec.limit_bytes)
-            entry = await self._claim(disk, spec)
+            await self._drop_incomplete(spec.volume_id)
+            free = [d for d in self._disks.values() if d.state is State.FREE
+                    and (source is None or d.sector_bytes <= source.sector_bytes)]
+            disk = pick_disk(free, required, spec.limit_bytes)
+            entry = await self._claim(disk, spec, copying=source is not None)
         logger.info("volume {} claimed {} ({} bytes)", spec.volume_id, disk.path, entry.claim.partition_bytes)
+        if source is not None:
+            entry = await self._fill(entry, source)
         return entry.to_volume()
+
+    def _resolve_source(self, source: ContentSource) -> CopySource:
+        """The bytes a content source names; unknown sources are NOT_FOUND."""
+        if source.kind is SourceKind.SNAPSHOT:
+            snap = self._snapshots.get(source.source_id) if self._snapshots is not None else None
+            if snap is None or self._snapshots is None:
+                raise errors.SnapshotNotFound(source.source_id)
+            image = blockcopy.Range(self._snapshots.image(snap.snapshot_id), 0, snap.size_bytes,
+                                    blockcopy.Kind.IMAGE)
+            return CopySource(image, "", snap.sector_bytes)
+        entry = self._volumes.get(source.source_id)
+        if entry is None:
+            raise errors.VolumeNotFound(source.source_id)
+        if not entry.present:
+            raise errors.Unavailable(f"disk {entry.disk.path} of source volume {source.source_id} is not present")
+        return CopySource(self._partition_range(entry), entry.claim.volume_id, entry.disk.sector_bytes)
+
+    @staticmethod
+    def _partition_range(entry: VolumeEntry) -> blockcopy.Range:
+        return blockcopy.Range(entry.disk.real_path, entry.claim.partition_offset, entry.claim.partition_bytes,
+                               blockcopy.Kind.DEVICE)
+
+    def _required_for_copy(self, spec: VolumeSpec, source_bytes: int) -> int:
+        """A clone or restore needs a disk at least the source's size; asking for less is OUT_OF_RANGE."""
+        if spec.required_bytes and spec.required_bytes < source_bytes:
+            raise errors.OutOfRange(f"the content source holds {source_bytes} bytes; a volume of "
+                                    f"{spec.required_bytes} bytes cannot hold it")
+        if spec.limit_bytes and spec.limit_bytes < source_bytes:
+            raise errors.OutOfRange(
+                f"the content source holds {source_bytes} bytes, more than the limit of {spec.limit_bytes} bytes")
+        return max(self._required(spec), source_bytes)
+
+    async def _fill(self, entry: VolumeEntry, source: CopySource) -> VolumeEntry:
+        """Copy the source onto the claimed disk, then mark it ready; on any failure give the disk back."""
+        volume_id = entry.claim.volume_id
+        self._copying.add(volume_id)
+        try:
+            target = replace(self._partition_range(entry), length=source.size_bytes)
+            async with self._consistent(source.volume_id):
+                stats = await blockcopy.copy(source.data, target)
+            logger.info("copied {} bytes ({} of data) onto {} in {:.1f} s ({:.0f} MiB/s)", stats.bytes_total,
+                        stats.bytes_data, entry.disk.path, stats.seconds, stats.mib_per_second)
+            partition = await self._partition_device(entry)
+            if partition is not None and await anyio.Path(partition).exists():
+                # The copy went through the whole disk; the kernel's partition device must not serve older pages.
+                await anyio.to_thread.run_sync(blockcopy.drop_cache, partition)
+            fault_point("rawdisk.create.after_copy")
+            async with self._lock:
+                record = replace(entry.claim.record, state=rawdisk_claim.READY)
+                await anyio.to_thread.run_sync(rawdisk_claim.update_record, entry.disk.real_path, record)
+                ready = replace(entry, claim=entry.claim.with_record(record))
+                self._incomplete.pop(volume_id, None)
+                self._volumes[volume_id] = ready
+            return ready
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with self._lock:
+                        await self._drop_incomplete(volume_id)
+                except Exception as exc:
+                    logger.error("cannot give back the disk of unfinished volume {}: {}", volume_id, exc)
+            raise
+        finally:
+            self._copying.discard(volume_id)
+
+    async def _drop_incomplete(self, volume_id: str) -> None:
+        """Wipe the disk of a clone or restore that never finished (call with the pool lock held)."""
+        entry = self._incomplete.get(volume_id)
+        if entry is None:
+            return
+        await self._wipe(entry)
+        self._incomplete.pop(volume_id, None)
+        logger.info("unfinished volume {} removed; disk {} returned to the pool", volume_id, entry.disk.path)
+
+    async def _wipe(self, entry: VolumeEntry) -> None:
+        disk = entry.disk
+        current = await self._reinspect(disk)
+        if current.claim is None or current.claim.volume_id != entry.claim.volume_id:
+            raise errors.PreconditionFailed(
+                f"disk {disk.path} no longer carries volume {entry.claim.volume_id}: it {current.reason}")
+        await anyio.to_thread.run_sync(
+            lambda: rawdisk_claim.wipe(disk.real_path, entry.claim, disk.size_bytes, discard=disk.discard))
+        await anyio.to_thread.run_sync(gpt.reread_partitions, disk.real_path)
+        self._disks[disk.real_path] = await self._reinspect(disk)
+
+    @contextlib.asynccontextmanager
+    async def _consistent(self, volume_id: str) -> AsyncIterator[None]:
+        """Hold a source volume still for a copy: freeze its mounted filesystem, refuse a raw block device in use."""
+        device = await self.device_path(volume_id) if volume_id else None
+        if device is None:
+            yield
+            return
+        mounts = await _filesystem_mounts(device)
+        if mounts:
+            async with reflink.frozen(mounts[0], await paths.device_number(device)):
+                yield
+            return
+        users = await paths.device_in_use(device)
+        if users:
+            raise errors.VolumeInUse(f"block volume {volume_id} is in use at {', '.join(users)}: a copy would not "
+                                     "be consistent; unpublish it first")
+        yield
+
+    async def _finish_interrupted(self) -> None:
+        """At start-up: thaw what a crashed copy may have left frozen, remove unfinished clones and snapshots."""
+        interrupted = await self._snapshots.start() if self._snapshots is not None else []
+        sources = {e.claim.record.source.source_id for e in self._incomplete.values()
+                   if e.claim.record.source is not None and e.claim.record.source.kind is SourceKind.VOLUME}
+        sources |= {s.source_volume_id for s in interrupted if s.state == CREATING}
+        for volume_id in sorted(sources):
+            await self._thaw_after_crash(volume_id)
+        for snap in interrupted:
+            logger.warning("removing unfinished snapshot {} ({})", snap.snapshot_id, snap.state)
+            if self._snapshots is not None:
+                await self._snapshots.remove(snap.snapshot_id)
+        async with self._lock:
+            for volume_id in list(self._incomplete):
+                logger.warning("removing unfinished clone or restore {}", volume_id)
+                try:
+                    await self._drop_incomplete(volume_id)
+                except errors.BackendError as exc:
+                    logger.error("cannot wipe unfinished volume {}: {}", volume_id, exc)
+
+    async def _thaw_after_crash(self, volume_id: str) -> None:
+        device = await self.device_path(volume_id)
+        mounts = await _filesystem_mounts(device) if device is not None else []
+        if not mounts:
+            return
+        try:  # every mount of the device shares one superblock: one thaw is enough
+            if await reflink.thaw(mounts[0]):
+                logger.warning("thawed {} of volume {}, left frozen by an interrupted copy", mounts[0], volume_id)
+        except errors.BackendError as exc:
+            logger.error("cannot thaw {} of volume {}: {}", mounts[0], volume_id, exc)
 
     def _check_compatible(self, existing: VolumeEntry, spec: VolumeSpec) -> Volume:
         size = existing.claim.partition_bytes
@@ -246,16 +445,19 @@ class RawdiskBackend(WithoutSnapshots):
         if spec.limit_bytes and size > spec.limit_bytes:
             raise errors.VolumeConflict(
                 f"volume {spec.name!r} exists with {size} bytes, more than the limit of {spec.limit_bytes} bytes")
+        if existing.claim.record.source != spec.source:
+            raise errors.VolumeConflict(f"volume {spec.name!r} exists with another content source")
         return existing.to_volume()
 
-    async def _claim(self, disk: Disk, spec: VolumeSpec) -> VolumeEntry:
+    async def _claim(self, disk: Disk, spec: VolumeSpec, *, copying: bool = False) -> VolumeEntry:
         """Re-check the disk right before writing (it may have changed since the scan), then claim it."""
         fresh = await self._reinspect(disk)
         if fresh.state is not State.FREE:
             self._disks[disk.real_path] = fresh
             raise errors.Busy(f"disk {disk.path} changed since it was inventoried ({fresh.reason}); retry")
         layout = gpt.Layout(fresh.size_bytes, fresh.sector_bytes)
-        record = rawdisk_claim.Record(spec.volume_id, spec.name, datetime.now(UTC).isoformat())
+        record = rawdisk_claim.Record(spec.volume_id, spec.name, datetime.now(UTC).isoformat(), source=spec.source,
+                                      state=rawdisk_claim.COPYING if copying else rawdisk_claim.READY)
         await anyio.to_thread.run_sync(rawdisk_claim.write, fresh.real_path, layout, record)
         await anyio.to_thread.run_sync(gpt.reread_partitions, fresh.real_path)
         claimed = await self._reinspect(fresh)
@@ -263,7 +465,11 @@ class RawdiskBackend(WithoutSnapshots):
             raise errors.SystemFailure(f"claiming {disk.path} did not stick: it now {claimed.reason}")
         self._disks[disk.real_path] = claimed
         entry = VolumeEntry(claimed.claim, claimed)
-        self._volumes[spec.volume_id] = entry
+        if copying:
+            self._incomplete[spec.volume_id] = entry
+            self._copying.add(spec.volume_id)
+        else:
+            self._volumes[spec.volume_id] = entry
         return entry
 
     async def _reinspect(self, disk: Disk) -> Disk:
@@ -272,8 +478,13 @@ class RawdiskBackend(WithoutSnapshots):
         return await inspect_one(self._runner, match, facts[disk.real_path], min_bytes=self._min_bytes)
 
     async def delete_volume(self, volume_id: str) -> None:
+        if volume_id in self._copying:
+            raise errors.Busy(f"volume {volume_id} is still being copied; retry")
         entry = self._volumes.get(volume_id)
         if entry is None:
+            if volume_id in self._incomplete:  # an unfinished clone or restore the CO gave up on
+                async with self._lock:
+                    await self._drop_incomplete(volume_id)
             return
         await self._check_unused(entry)
         async with self._lock:
@@ -285,15 +496,8 @@ class RawdiskBackend(WithoutSnapshots):
                     f"disk {entry.disk.path} of volume {volume_id} is not present, so it cannot be wiped; "
                     "reconnect it, or wipe it by hand and delete the volume again")
             disk = entry.disk
-            current = await self._reinspect(disk)
-            if current.claim is None or current.claim.volume_id != volume_id:
-                raise errors.PreconditionFailed(
-                    f"disk {disk.path} no longer carries volume {volume_id}: it {current.reason}")
-            await anyio.to_thread.run_sync(
-                lambda: rawdisk_claim.wipe(disk.real_path, entry.claim, disk.size_bytes, discard=disk.discard))
-            await anyio.to_thread.run_sync(gpt.reread_partitions, disk.real_path)
+            await self._wipe(entry)
             self._volumes.pop(volume_id, None)
-            self._disks[disk.real_path] = await self._reinspect(disk)
         logger.info("volume {} deleted; disk {} wiped and returned to the pool", volume_id, disk.path)
 
     async def _check_unused(self, entry: VolumeEntry) -> None:
@@ -446,8 +650,66 @@ class RawdiskBackend(WithoutSnapshots):
         return entry.claim.partition_bytes
 
 
+    # -- snapshots ----------------------------------------------------------
+    def _store(self) -> SnapshotStore:
+        if self._snapshots is None:
+            raise errors.InvalidArgument("the rawdisk backend keeps snapshots only with --rawdisk-snapshot-dir")
+        return self._snapshots
+
+    async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
+        store = self._store()
+        check_snapshot_parameters(parameters)
+        snapshot_id = snapshot_id_for(name)
+        existing = store.get(snapshot_id)
+        if existing is not None:
+            if existing.name != name or existing.source_volume_id != source_volume_id:
+                raise errors.SnapshotConflict(f"snapshot {name!r} exists with another source volume")
+            return existing.to_snapshot()
+        entry = self._present(source_volume_id)
+        source = self._partition_range(entry)
+        record = SnapshotRecord(snapshot_id, name, source_volume_id, source.length, CREATING,
+                                datetime.now(UTC).isoformat(), sector_bytes=entry.disk.sector_bytes)
+        await store.begin(record)
+        try:
+            image = blockcopy.Range(store.image(snapshot_id), 0, source.length, blockcopy.Kind.IMAGE)
+            async with self._consistent(source_volume_id):
+                fault_point("rawdisk.snapshot.after_freeze")
+                stats = await blockcopy.copy(source, image)
+            record = await store.finish(replace(record, state=READY, data_bytes=stats.bytes_data))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.remove(snapshot_id)
+            raise
+        logger.info("snapshot {} of volume {}: {} bytes, {} of data, in {:.1f} s ({:.0f} MiB/s)", snapshot_id,
+                    source_volume_id, stats.bytes_total, stats.bytes_data, stats.seconds, stats.mib_per_second)
+        return record.to_snapshot()
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        if await self._store().delete(snapshot_id):
+            logger.info("deleted snapshot {}", snapshot_id)
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        record = self._snapshots.get(snapshot_id) if self._snapshots is not None else None
+        if record is None:
+            raise errors.SnapshotNotFound(snapshot_id)
+        return record.to_snapshot()
+
+    async def list_snapshots(self) -> list[Snapshot]:
+        return [r.to_snapshot() for r in self._snapshots.records()] if self._snapshots is not None else []
+
+
+async def _filesystem_mounts(device: str) -> list[str]:
+    """Mount points of a filesystem on ``device`` (binds of the device node itself excluded)."""
+    rdev = await paths.device_number(device)
+    if not rdev:
+        return []
+    wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
+    return [e.mount_point for e in await mnt.mounts() if e.major_minor == wanted and e.fs_type != "devtmpfs"]
+
+
 def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> RawdiskBackend:
     patterns = tuple(str(p) for p in options.get("rawdisk_devices", ()) or ())
     min_bytes = int(options.get("rawdisk_min_bytes", 0) or DEFAULT_MIN_BYTES)
-    return RawdiskBackend(node_id, patterns, runner, min_bytes=min_bytes)
+    snapshot_dir = str(options.get("rawdisk_snapshot_dir", "") or "")
+    return RawdiskBackend(node_id, patterns, runner, min_bytes=min_bytes, snapshot_dir=snapshot_dir)
 

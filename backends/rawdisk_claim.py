@@ -12,6 +12,13 @@ at :data:`RECORD_OFFSET`, inside the gap between the GPT entries and the
 partition at 1 MiB that every partitioning tool leaves alone. The record is
 a convenience: a missing or damaged one is reported and the claim stands
 (name unknown, no publications), because the GPT alone decides ownership.
+Records without ``state`` and ``source`` (older drivers) read as ready volumes
+made from nothing.
+
+A clone or restore claims its disk with a record in state ``copying``, copies
+the data into the partition, and only then rewrites the record ``ready``: a
+claim still ``copying`` after a crash is an unfinished creation, never a
+volume, and the backend wipes it at start-up (the CO's retry starts over).
 
 Write order makes a crash harmless:
 
@@ -37,7 +44,7 @@ from typing import Any
 
 from loguru import logger
 
-from backends.base import is_volume_id
+from backends.base import ContentSource, SourceKind, is_volume_id
 from backends.system import gpt
 
 #: Partition type GUID of a localcsi rawdisk volume (ours alone; no tool mounts it automatically).
@@ -48,6 +55,7 @@ RECORD_MAGIC = b"localcsi-rawdisk"
 RECORD_SCHEMA = 1
 _RECORD_HEAD = struct.Struct("<16sIII")
 MIB = 1 << 20
+READY, COPYING = "ready", "copying"
 
 
 @dataclass(frozen=True)
@@ -59,15 +67,26 @@ class Record:
     created_at: str = ""
     published_node_ids: tuple[str, ...] = ()
     readonly_node_ids: tuple[str, ...] = ()
+    #: :data:`READY`, or :data:`COPYING` while a clone or restore fills the disk (not a volume yet).
+    state: str = "ready"
+    #: What a cloned or restored volume was copied from.
+    source: ContentSource | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
+        source = data.get("source")
         return cls(
             volume_id=str(data["volume_id"]),
             name=str(data.get("name", "")),
             created_at=str(data.get("created_at", "")),
             published_node_ids=tuple(str(n) for n in data.get("published_node_ids", ())),
             readonly_node_ids=tuple(str(n) for n in data.get("readonly_node_ids", ())),
+            state=str(data.get("state", READY)),
+            source=ContentSource(SourceKind(source["kind"]), str(source["id"])) if source else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +96,8 @@ class Record:
             "created_at": self.created_at,
             "published_node_ids": list(self.published_node_ids),
             "readonly_node_ids": list(self.readonly_node_ids),
+            "state": self.state,
+            "source": {"kind": self.source.kind.value, "id": self.source.source_id} if self.source else None,
         }
 
 

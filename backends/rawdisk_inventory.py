@@ -130,8 +130,10 @@ def classify(
     layout = gpt.Layout(facts.size_bytes, facts.sector_bytes)
     capacity = layout.partition_bytes
     if reading is not None and reading.claim is not None:
-        return _with(base, State.CLAIMED, f"holds volume {reading.claim.volume_id}",
-                     capacity=reading.claim.partition_bytes, claim=reading.claim)
+        reason = f"holds volume {reading.claim.volume_id}"
+        if not reading.claim.record.ready:
+            reason += " (still being copied: a clone or restore in progress, or interrupted)"
+        return _with(base, State.CLAIMED, reason, capacity=reading.claim.partition_bytes, claim=reading.claim)
     usage = _usage_reason(facts, capacity, min_bytes)
     if usage:
         return _with(base, State.EXCLUDED, usage, capacity=capacity)

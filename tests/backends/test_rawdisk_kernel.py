@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from backends import errors
-from backends.base import AccessType, VolumeSpec
+from backends.base import AccessType, ContentSource, SourceKind, VolumeSpec
 from backends.rawdisk import RawdiskBackend
 from backends.rawdisk_inventory import State
 from backends.system import gpt
@@ -110,3 +110,47 @@ async def test_attach_uses_the_kernel_partition_device(disks: FakeDisks) -> None
         await backend.close()
     with open(disks.images / "d.img", "rb") as image:
         assert image.read(2 * MIB) == bytes(2 * MIB)  # GPT, record and the filesystem's start: all wiped
+
+
+async def test_clone_and_restore_through_kernel_partitions(disks: FakeDisks) -> None:
+    """A mounted source (the kernel's partition device) is frozen and copied; copies mount from their own p1."""
+    for name in ("src", "clone", "restored"):
+        disks.add(name, 96 * MIB, partscan=True)
+    snapshots = disks.root / "snapshots"
+    backend = RawdiskBackend("node-a", (disks.pattern,), ProcessRunner(), watch=False, snapshot_dir=str(snapshots))
+    await backend.start()
+    point = disks.root / "mnt"
+    point.mkdir()
+    payload = os.urandom(512 * 1024)
+    try:
+        source = await backend.create_volume(VolumeSpec("pvc-src", 64 * MIB, 0, {}, AccessType.MOUNT, "ext4"))
+        device = await backend.attach(source.volume_id, readonly=False)
+        assert device.endswith("p1")
+        sh("mkfs.ext4", "-q", device)
+        sh("mount", device, str(point))
+        try:
+            (point / "data").write_bytes(payload)
+            snap = await backend.create_snapshot(source.volume_id, "snap", {})
+            clone_source = ContentSource(SourceKind.VOLUME, source.volume_id)
+            clone = await backend.create_volume(
+                VolumeSpec("pvc-clone", 0, 0, {}, AccessType.MOUNT, "ext4", clone_source))
+            (point / "data").write_bytes(b"changed after both copies")
+        finally:
+            sh("umount", str(point))
+        restored = await backend.create_volume(VolumeSpec("pvc-restored", 0, 0, {}, AccessType.MOUNT, "ext4",
+                                                          ContentSource(SourceKind.SNAPSHOT, snap.snapshot_id)))
+        for copy in (clone, restored):
+            copy_device = await backend.attach(copy.volume_id, readonly=False)
+            assert copy_device.endswith("p1") and copy_device != device
+            sh("mount", copy_device, str(point))
+            try:
+                assert (point / "data").read_bytes() == payload
+            finally:
+                sh("umount", str(point))
+            await backend.delete_volume(copy.volume_id)
+        await backend.delete_snapshot(snap.snapshot_id)
+        await backend.delete_volume(source.volume_id)
+        assert {d.state for d in backend.inventory()} == {State.FREE}
+        assert list(snapshots.iterdir()) == []
+    finally:
+        await backend.close()

@@ -1,16 +1,19 @@
 """The conformance suite against a real ``localcsi serve --backend rawdisk`` with loop devices as disks.
 
 The disks are sparse images on loop devices, reachable only through this test's
-own symlinks, so the driver can never claim another test's devices.
+own symlinks, so the driver can never claim another test's devices. The driver
+keeps snapshots in a directory of the test's own (``--rawdisk-snapshot-dir``),
+so the suite's snapshot, restore and clone specs run too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.backends.rawdisk_support import MIB, FakeDisks
+from tests.backends.rawdisk_support import MIB, FakeDisks, loops_over
 from tests.conformance.suite import run_suite
 from tests.support import DriverProcess
 
@@ -26,14 +29,24 @@ def rawdisk_driver() -> Iterator[DriverProcess]:
         for i in range(DISKS):
             disks.add(f"disk-{i:02d}", DISK_BYTES)
         proc = DriverProcess(disks.root / "driver", node_id=NODE_ID, backend="rawdisk",
-                             extra_args=("--rawdisk-device", disks.pattern))
+                             extra_args=("--rawdisk-device", disks.pattern,
+                                         "--rawdisk-snapshot-dir", str(snapshot_dir(proc_root(disks)))))
         proc.start()
         try:
             yield proc
         finally:
             proc.kill9()
+            assert loops_over(set(disks.devices.values())) == [], "partition views left behind"
     finally:
         disks.cleanup()
+
+
+def proc_root(disks: FakeDisks) -> Path:
+    return disks.root / "driver"
+
+
+def snapshot_dir(root: Path) -> Path:
+    return root / "snapshots"
 
 
 @pytest.mark.root
@@ -63,4 +76,5 @@ def test_conformance_suite_passes_on_rawdisk(rawdisk_driver: DriverProcess, acce
         + f"\n\n{run.output}\n\ndriver log (tail):\n{rawdisk_driver.log(8000)}"
     )
     assert rawdisk_driver.leaks()["mounts"] == []
+    assert list(snapshot_dir(rawdisk_driver.root).iterdir()) == [], "snapshot images left behind"
     assert rawdisk_driver.stop() == 0
