@@ -505,7 +505,18 @@ class LvmBackend:
         return to_volume(lv, condition_of(lv, pool))
 
     async def list_volumes(self) -> list[Volume]:
-        return [to_volume(self._index[key]) for key in sorted(self._index)]
+        """Every volume as LVM has it now, each with its condition (its thin pool's included).
+
+        One ``lvs`` of the VG: the external health monitor polls ListVolumes, so a
+        pool that ran out of space must show here, not only in ControllerGetVolume.
+        """
+        lvs = await self._lvm.logical_volumes(self._vg)
+        pools = {lv.name: lv for lv in lvs if lv.thin_pool}
+        self._index = {lv.name: lv for lv in lvs if owned(lv)}
+        return [
+            to_volume(lv, condition_of(lv, pools.get(lv.pool_lv)))
+            for lv in sorted(self._index.values(), key=lambda lv: lv.name)
+        ]
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
         thin = parse_type(parameters, self._pool is not None, self._pool is not None)

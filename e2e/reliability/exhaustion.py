@@ -13,9 +13,9 @@ data throughout. Then:
 4. throughout: the thick volume still reads back its data and takes new writes, the driver stays up,
    ListVolumes holds exactly the volumes that were acknowledged, and each record file parses.
 
-Loop devices running out cannot be forced here without starving other users of
-the machine's loop devices; that mapping (``LOOP_CTL_GET_FREE`` → ENOSPC →
-RESOURCE_EXHAUSTED) is tested with a fake ioctl in tests/reliability.
+Loop devices running out, thin pools filling and volume groups running out of
+extents are the kernel phase's (``kernel.py``): this machine's loop devices are
+shared with other users and its kernel has no device-mapper.
 """
 
 from __future__ import annotations

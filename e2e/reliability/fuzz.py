@@ -53,6 +53,7 @@ from e2e.sim.driver import CALL_TIMEOUT
 
 SENTINEL = "S3NTINEL-d0-not-log-7f3a9c"
 TOKEN = "lcfz"  # in every path the fuzzer invents outside the kubelet dir, to spot escapes
+SYSTEM_DIRS = ("/etc", "/root", "/usr", "/boot", "/home", "/bin", "/sbin", "/lib", "/var/lib/")
 Mode = csi.VolumeCapabilityAccessModeMode
 
 #: (service, method, request type) for every RPC of CSI v1.12.
@@ -363,10 +364,14 @@ def compare_world(before: WorldSnapshot, after: WorldSnapshot, node: ScratchNode
     allowed = (str(node.kubelet_dir) + "/", str(node.root / "storage"))
     new_mounts = [p for p in (after.mounts - before.mounts)
                   if TOKEN in p or (p.startswith(str(node.root)) and not p.startswith(allowed))
-                  or p.startswith(("/etc", "/root", "/usr", "/boot", "/home", "/bin", "/sbin", "/lib", "/var/lib/"))
+                  or p.startswith(SYSTEM_DIRS)
                   or p == "/"]
     result.check(not new_mounts, f"mounts appeared outside the kubelet dir: {new_mounts}")
-    stray = [b for b in after.loops - before.loops if not b.startswith(str(node.data_dir) + "/")]
+    # Other users of this machine attach loop devices too: count only backings the driver could have been
+    # steered to (our scratch tree, the fuzzer's token, system directories), not every new one.
+    stray = [b for b in after.loops - before.loops
+             if not b.startswith(str(node.data_dir) + "/")
+             and (TOKEN in b or b.startswith((str(node.root), *SYSTEM_DIRS, "/dev/")))]
     result.check(not stray, f"loop devices attached to files outside the data dir: {stray}")
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import struct
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,6 +119,16 @@ def _warnings_naming(node: ScratchNode, volume_id: str) -> list[str]:
     return found
 
 
+async def logged_refusal(node: ScratchNode, volume_id: str, within: float = 10.0) -> list[str]:
+    """The refusal's WARNING lines, waiting a little: the driver may answer before its log line is written."""
+    deadline = time.monotonic() + within
+    while True:
+        found = await anyio.to_thread.run_sync(_warnings_naming, node, volume_id)
+        if found or time.monotonic() > deadline:
+            return found
+        await anyio.sleep(0.2)
+
+
 async def stage(node: ScratchNode, volume_id: str, tag: str, fs_type: str) -> tuple[str, str, Path]:
     staging = node.kubelet_dir / "plugins" / tag / "globalmount"
     await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
@@ -150,7 +161,7 @@ async def run() -> PhaseResult:
             result.check(host.mount_count(staging) == 0, f"{name}: the refused stage left a mount")
             result.check(not [i for i in host.loops_backed_under(node.data_dir) if i.backing_file == str(image)],
                          f"{name}: the refused stage left the loop device attached")
-            logged = await anyio.to_thread.run_sync(_warnings_naming, node, volume_id)
+            logged = await logged_refusal(node, volume_id)
             result.check(bool(logged), f"{name}: no WARNING log line says the device was refused")
             refused += code == "FAILED_PRECONDITION" and before == after
             result.figures[name] = message[:160]

@@ -57,6 +57,13 @@ global {
 }
 CONF
 
+# Options for the loop module, for tests that need a small device space (none by default), e.g.
+# LOCALCSI_VMTEST_LOOP_OPTIONS="max_part=255": 4,096 loop devices in all (tests/kernel/test_loop_exhaustion.py).
+if [ -n "${LOCALCSI_VMTEST_LOOP_OPTIONS:-}" ]; then
+    read -r -a loop_options <<< "$LOCALCSI_VMTEST_LOOP_OPTIONS"
+    modprobe -d "$VMTEST_MODROOT" -S "$VMTEST_KVER" loop "${loop_options[@]}" \
+        || die "modprobe loop $LOCALCSI_VMTEST_LOOP_OPTIONS failed"
+fi
 modules=(loop dm-mod dm-thin-pool dm-snapshot dm-persistent-data ext4 xfs)
 modprobe -d "$VMTEST_MODROOT" -S "$VMTEST_KVER" -a "${modules[@]}" \
     || die "modprobe of ${modules[*]} from $VMTEST_MODROOT failed"

@@ -119,11 +119,12 @@ async def test_path_usage_of_a_path_removed_meanwhile_is_none(monkeypatch: pytes
     assert await paths.path_usage(str(tmp_path)) is None
 
 
-# -- loop devices running out (cannot be forced on a shared machine: a fake ioctl) ------------------------------------
+# -- loop devices running out (for real: tests/kernel/test_loop_exhaustion.py; here a fake ioctl) -------------------
 @pytest.mark.root
-def test_no_free_loop_device_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EINVAL])  # EINVAL: what kernel 6.1 answers when full
+def test_no_free_loop_device_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     def exhausted(fd: int, request: int, *args: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr("backends.system.loop.fcntl.ioctl", exhausted)
     with pytest.raises(errors.CapacityExhausted) as caught:
@@ -156,3 +157,57 @@ async def test_mounted_device_of_a_path_removed_meanwhile_is_none(monkeypatch: p
     monkeypatch.setattr("backends.system.mount.path_state", vanished)
     assert await paths.mounted_device("/somewhere") is None
     assert await paths.path_usage("/somewhere") is None
+
+
+# -- a loop device whose detach the kernel deferred is never handed out again ------------------------------------
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_attach_after_a_deferred_detach_gives_a_live_device(tmp_path: Path) -> None:
+    """Another process (a prober, an orphaned mkfs of a killed driver) holds the device open while it is detached:
+    the kernel keeps it bound (autoclear) until that last close, then drops it. A NodeStage retry must not mkfs it."""
+    from backends.system.runner import ProcessRunner
+
+    backend = LoopfileBackend("n1", str(tmp_path / "volumes"), ProcessRunner())
+    await backend.start()
+    volume = await backend.create_volume(VolumeSpec("pvc-deferred", 16 * MIB, 0, {}, fs_type="ext4"))
+    first = await backend.attach(volume.volume_id, readonly=False)
+    holder = os.open(first, os.O_RDONLY)
+    devices = {first}
+    try:
+        with pytest.raises(errors.VolumeInUse):
+            await backend.detach(volume.volume_id)
+        again = await backend.attach(volume.volume_id, readonly=False)
+        devices.add(again)
+    finally:
+        os.close(holder)  # the kernel now tears the first device down
+    try:
+        fd = os.open(again, os.O_RDONLY)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+        assert size == 16 * MIB, f"attach handed out {again}, a device being detached (now {size} bytes)"
+    finally:
+        for device in devices:
+            subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_detach_waits_out_a_prober_that_holds_the_device_for_a_moment(tmp_path: Path) -> None:
+    """NodeUnstage answered FAILED_PRECONDITION when a prober (blkid, lsblk) had the device open at that instant."""
+    import threading
+
+    image = tmp_path / "probed.img"
+    with image.open("wb") as handle:
+        handle.truncate(8 * MIB)
+    device = await loop.attach(str(image))
+    holder = os.open(device.path, os.O_RDONLY)
+    closer = threading.Timer(0.3, os.close, args=(holder,))
+    closer.start()
+    try:
+        await loop.detach(device.path)  # before the fix: VolumeInUse("... still open by another process ...")
+        assert await loop.get_device(device.path) is None
+    finally:
+        closer.join()
+        subprocess.run(["losetup", "-d", device.path], check=False, capture_output=True)
