@@ -67,8 +67,8 @@ async def ensure_formatted(runner: Runner, device: str, fs_type: str, *, mkfs_op
 
 async def ensure_mounted(
     device: str, target: str, fs_type: str, *, options: Sequence[str] = (), readonly: bool = False
-) -> None:
-    """Mount ``device`` (a ``fs_type`` filesystem) at the directory ``target``."""
+) -> bool:
+    """Mount ``device`` (a ``fs_type`` filesystem) at the directory ``target``; True when this call mounted it."""
     dev = await _require_block_device(device)
     here = await mnt.path_state(target)
     if not here.exists:
@@ -83,10 +83,11 @@ async def ensure_mounted(
             mounted_ro = entry.readonly
         if mounted_ro != readonly:
             raise VolumeInUse(f"{device} is already mounted at {target} {_mode(mounted_ro)}, not {_mode(readonly)}")
-        return
+        return False
     elif not here.is_dir:
         raise InvalidArgument(f"mount target {target} exists and is not a directory")
     await mnt.mount(device, target, fs_type, options=filesystem_options(fs_type, options), readonly=readonly)
+    return True
 
 
 def filesystem_options(fs_type: str, options: Sequence[str]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import anyio
+from loguru import logger
 
 from backends import errors, node, paths
 from backends.base import AccessType
@@ -67,8 +68,7 @@ class NodeService(Servicer, csi.NodeBase):
             except BaseException:
                 if not was_attached:
                     with anyio.CancelScope(shield=True):
-                        await node.ensure_unmounted(block_path(staging))
-                        await backend.detach(volume_id)
+                        await self._undo_attach(volume_id, staging)
                 raise
         return csi.NodeStageVolumeResponse()
 
@@ -79,14 +79,28 @@ class NodeService(Servicer, csi.NodeBase):
                 return
             if not access.read_only:
                 await node.ensure_formatted(self.runner, device, access.fs_type)
-            await node.ensure_mounted(device, staging, access.fs_type, options=access.mount_flags,
-                                      readonly=access.read_only)
-            fault_point("stage.after_mount")
-            if not access.read_only:
-                # A volume restored or cloned into a larger size carries its source's smaller filesystem.
-                await node.ensure_filesystem_grown(self.runner, device, staging, access.fs_type)
+            mounted = await node.ensure_mounted(device, staging, access.fs_type, options=access.mount_flags,
+                                                readonly=access.read_only)
+            try:
+                fault_point("stage.after_mount")
+                if not access.read_only:
+                    # A volume restored or cloned into a larger size carries its source's smaller filesystem.
+                    await node.ensure_filesystem_grown(self.runner, device, staging, access.fs_type)
+            except BaseException:
+                if mounted:  # undo only what this call did; an earlier stage's mount stays
+                    with anyio.CancelScope(shield=True):
+                        await node.ensure_unmounted(staging, remove=False)
+                raise
         except errors.VolumeInUse as exc:
             raise errors.AlreadyExists(f"staging path holds an incompatible mount: {exc}") from exc
+
+    async def _undo_attach(self, volume_id: str, staging: str) -> None:
+        """Detach a device this NodeStage attached and could not stage; the stage's own error is what the CO sees."""
+        try:
+            await node.ensure_unmounted(block_path(staging))
+            await self.ctx.backend.detach(volume_id)
+        except Exception as exc:  # reported, never raised over the original error
+            logger.warning("volume {} stays attached after a failed stage: {}", volume_id, exc)
 
     @rpc("NodeUnstageVolume", mutating=True)
     async def node_unstage_volume(self, message: csi.NodeUnstageVolumeRequest) -> csi.NodeUnstageVolumeResponse:

@@ -26,6 +26,7 @@ from tests.support import (
     block_cap,
     connect,
     create_request,
+    force_cleanup,
     loops_backed_by,
     mount_cap,
     mounts_under,
@@ -455,3 +456,29 @@ async def test_secrets_never_logged(driver: DriverProcess) -> None:
         await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=vol.volume_id, secrets={"k": sentinel}))
     assert "pvc-secret" in driver.log()
     assert sentinel not in driver.log()
+
+
+async def test_a_stage_failing_after_its_mount_undoes_the_mount_and_the_attach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CO sees the stage's own error, and nothing this call did stays behind (mount, loop device)."""
+    monkeypatch.setenv("LOCALCSI_FAULT", "stage.after_mount:fail")  # the first stage fails once, after mounting
+    proc = DriverProcess(tmp_path)
+    proc.start()
+    try:
+        async with connect(proc.socket_path) as c:
+            vol = Lifecycle(c, proc, "pvc-stage-fails", mount_cap("ext4"))
+            await vol.create()
+            context = await vol.attach()
+            error = await expect(Status.INTERNAL, vol.stage(context))
+            assert "fault injected at stage.after_mount" in error.message
+            assert_no_leaks(proc)
+            await vol.stage(context)  # kubelet's retry
+            await vol.publish()
+            vol.write()
+            assert vol.read() == PAYLOAD
+            await vol.down()
+        assert_no_leaks(proc)
+    finally:
+        proc.kill9()
+        force_cleanup(proc.kubelet_dir, proc.data_dir)
