@@ -59,9 +59,15 @@ class Cluster:
         await anyio.Path(controller_root).mkdir(parents=True)
         self.controller = DriverInstance(controller_root, ["--mode", "controller", "--node-id", "sim-controller",
                                                            "--driver-name", DRIVER_NAME], self.stats)
-        await self.controller.start()
         for name, capacity in NODE_CAPACITIES.items():
-            await self._start_node(name, capacity)
+            self.nodes[name] = await self._new_node(name, capacity)
+            self.provisioners[name] = Provisioner(self.nodes[name], self.caller, DRIVER_NAME)
+        # The three drivers start side by side, as a DaemonSet's pods and a Deployment's do; under qemu TCG a
+        # Python driver takes several seconds to start, so this matters.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.controller.start)
+            for node in self.nodes.values():
+                tg.start_soon(self._start_node, node)
         multi_writer = all(p.multi_writer for p in self.provisioners.values())
         self.attacher = Attacher(self.controller, self.caller, multi_writer)
         self.resizer = Resizer(self.controller, self.caller, multi_writer)
@@ -71,18 +77,17 @@ class Cluster:
             await self.kubelets[name].register()
             self.snapshotters[name] = Snapshotter(node, self.caller)
 
-    async def _start_node(self, name: str, capacity: int) -> None:
-        assert self.caller is not None
+    async def _new_node(self, name: str, capacity: int) -> SimNode:
         root = self.root / name
         await anyio.Path(root / "kubelet").mkdir(parents=True)
-        node = SimNode(name, root, capacity, DriverInstance(root, [], self.stats), many_volumes=self.many_volumes)
-        self.nodes[name] = node
+        return SimNode(name, root, capacity, DriverInstance(root, [], self.stats), many_volumes=self.many_volumes)
+
+    async def _start_node(self, node: SimNode) -> None:
         await self.profile.prepare(node)
-        node.driver.argv_tail = ["--node-id", name, "--driver-name", DRIVER_NAME,
+        node.driver.argv_tail = ["--node-id", node.name, "--driver-name", DRIVER_NAME,
                                  "--kubelet-dir", str(node.kubelet_dir), *self.profile.driver_args(node)]
         await node.driver.start()
-        self.provisioners[name] = Provisioner(node, self.caller, DRIVER_NAME)
-        await self.provisioners[name].startup()
+        await self.provisioners[node.name].startup()
 
     # -- flows ----------------------------------------------------------------------------------------------
     def new_claim(self, name: str, size_bytes: int, *, fs_type: str = "ext4",
@@ -193,11 +198,15 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await driver.kill9()
             driver._close_log()
-        for node in self.nodes.values():
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(host.unmount_all_under, node.kubelet_dir)
-            with contextlib.suppress(Exception):
-                await self.profile.teardown(node)
+        async with anyio.create_task_group() as tg:  # the nodes are independent: tear them down side by side
+            for node in self.nodes.values():
+                tg.start_soon(self._teardown_node, node)
+
+    async def _teardown_node(self, node: SimNode) -> None:
+        with contextlib.suppress(Exception):
+            await anyio.to_thread.run_sync(host.unmount_all_under, node.kubelet_dir)
+        with contextlib.suppress(Exception):
+            await self.profile.teardown(node)
 
 
 def volume_of(claim: Claim) -> str:

@@ -65,6 +65,19 @@ async def detach_loops_under(directory: Path) -> list[str]:
     return [info.device for info in loops]
 
 
+def kernel_has_device_mapper() -> bool:
+    """Whether the running kernel has device-mapper (its control device is registered).
+
+    Not whether ``/dev/mapper/control`` exists: LVM's tools create that node even where the kernel has no
+    device-mapper, and then every activation fails.
+    """
+    try:
+        misc = Path("/proc/misc").read_text()
+    except OSError:
+        return False
+    return any(line.split()[-1:] == ["device-mapper"] for line in misc.splitlines())
+
+
 def _files_under(directory: Path) -> list[Path]:
     return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
 
@@ -116,6 +129,9 @@ class RawdiskProfile:
 
     Each node gets three unequal large disks (so placement and the capacity race have one largest disk to
     fight over) and four small ones, or 50 when the scenario makes many volumes (a burst of 100 claims).
+    Snapshots are sparse images in ``snapshots/`` beside the disks (``--rawdisk-snapshot-dir``), and two equal
+    medium disks let a snapshot of one be restored onto the other at its exact size (a restore onto a larger disk
+    grows ext4 online, which needs CAP_SYS_RESOURCE: the kernel lane has it, this host does not).
     """
 
     name: ClassVar[str] = "rawdisk"
@@ -124,6 +140,9 @@ class RawdiskProfile:
     small_disks: ClassVar[int] = 4
     small_disks_many: ClassVar[int] = 50
     small_bytes: ClassVar[int] = 40 * MIB
+    pair_bytes: ClassVar[int] = 100 * MIB
+    #: Room for snapshot images (sparse: they cost the data the scenarios wrote).
+    snapshot_room: ClassVar[int] = 128 * MIB
 
     def unavailable_reason(self) -> str:
         if not (REPO / "backends" / "rawdisk.py").exists():
@@ -132,11 +151,12 @@ class RawdiskProfile:
 
     def disk_sizes(self, node: SimNode) -> list[int]:
         large = [int(node.capacity_bytes * share) // MIB * MIB for share in self.large_shares]
-        return large + [self.small_bytes] * (self.small_disks_many if node.many_volumes else self.small_disks)
+        small = [self.small_bytes] * (self.small_disks_many if node.many_volumes else self.small_disks)
+        return large + [self.pair_bytes] * 2 + small
 
     async def prepare(self, node: SimNode) -> None:
         sizes = self.disk_sizes(node)
-        await mount_tmpfs(node.storage_dir, sum(sizes) + 64 * MIB)
+        await mount_tmpfs(node.storage_dir, sum(sizes) + self.snapshot_room + 64 * MIB)
         disks = []
         for index, size in enumerate(sizes):
             image = node.storage_dir / f"disk{index}.img"
@@ -145,7 +165,7 @@ class RawdiskProfile:
         node.resources["disks"] = disks
 
     def driver_args(self, node: SimNode) -> list[str]:
-        args = ["--backend", "rawdisk"]
+        args = ["--backend", "rawdisk", "--rawdisk-snapshot-dir", str(self.snapshot_dir(node))]
         for disk in node.resources.get("disks", []):
             args += ["--rawdisk-device", disk]
         return args
@@ -157,6 +177,9 @@ class RawdiskProfile:
             if info.backing_file in disks:
                 await host.arun(["losetup", "-d", info.device], check=False)
 
+    def snapshot_dir(self, node: SimNode) -> Path:
+        return node.storage_dir / "snapshots"
+
     async def _claimed(self, disk: str) -> bool:
         out = await host.arun(["blkid", "-p", "-o", "export", disk], check=False)
         return bool(out.strip())
@@ -164,9 +187,15 @@ class RawdiskProfile:
     async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
         disks = node.resources.get("disks", [])
         claimed = [d for d in disks if await self._claimed(d)]
+        volumes = [o for o in owned if is_volume_id(o)]
         found = []
-        if len(claimed) > len(owned):
-            found.append(f"{node.name}: {len(claimed)} disks carry signatures but only {len(owned)} volumes live")
+        if len(claimed) > len(volumes):
+            found.append(f"{node.name}: {len(claimed)} disks carry signatures but only {len(volumes)} volumes live")
+        directory = self.snapshot_dir(node)
+        for path in await anyio.to_thread.run_sync(_files_under, directory):
+            stem = path.name.rsplit(".", 1)[0]
+            if not (is_snapshot_id(stem) and stem in owned):
+                found.append(f"{node.name}: snapshot file {path.name} belongs to no live snapshot")
         for info in await anyio.to_thread.run_sync(host.attached_loops):
             if info.backing_file in disks and not staged:
                 found.append(f"{node.name}: loop device {info.device} over disk {info.backing_file} with none staged")
@@ -200,8 +229,8 @@ class LvmProfile:
     def unavailable_reason(self) -> str:
         if not (REPO / "backends" / "lvm.py").exists():
             return "backends/lvm.py is not written yet"
-        if not Path("/dev/mapper/control").exists():
-            return "this kernel lacks device-mapper (/dev/mapper/control); run it in the kernel lane: hack/vmtest"
+        if not kernel_has_device_mapper():
+            return "this kernel lacks device-mapper (no device-mapper in /proc/misc); run it in the kernel lane"
         return ""
 
     def vg_name(self, node: SimNode) -> str:
@@ -218,8 +247,7 @@ class LvmProfile:
         pv = await anyio.to_thread.run_sync(host.attach_loop, image)
         node.resources["pvs"] = [pv]
         vg = self.vg_name(node)
-        await host.arun(["pvcreate", "-q", pv])
-        await host.arun(["vgcreate", "-q", vg, pv])
+        await host.arun(["vgcreate", "-q", vg, pv])  # initialises the PV too (one LVM command less under TCG)
         pool_bytes = int(node.capacity_bytes * self.pool_share) // (4 * MIB) * (4 * MIB)
         await host.arun(["lvcreate", "-q", "-y", "--type", "thin-pool", "-L", f"{pool_bytes}b", "-n", self.pool, vg])
 

@@ -293,7 +293,8 @@ async def snapshot_restore(cluster: Cluster) -> str:
     snapshot = await snapshotter.create(pv, "content-1")
     cluster.snapshots[snapshot.snapshot_id] = pv.node
     await workload.write(paths[claim.name], block=False, seed=607)  # the source moves on; the copy must not
-    restored = cluster.new_claim("restored", 64 * MIB)
+    # The claim asks for the snapshot's restoreSize, as a user must (a whole-disk snapshot is the whole disk).
+    restored = cluster.new_claim("restored", max(64 * MIB, snapshot.size_bytes))
     restored.snapshot_handle = snapshot.snapshot_id
     restored_paths = await cluster.start_pod(Pod("restored-user", [restored], node_selector=pv.node))
     check(require_pv(restored).node == pv.node, "restored claim landed away from its snapshot")

@@ -13,6 +13,8 @@ class ScenarioResult:
     seconds: float
     detail: str = ""
     leaks: tuple[str, ...] = ()
+    #: Of ``seconds``, the time it took to bring the cluster up (storage prepared, drivers started, registered).
+    setup_seconds: float = 0.0
 
 
 @dataclass
@@ -50,7 +52,8 @@ class Stats:
         lines = [f"e2e-sim summary (backend {backend})"]
         for r in self.results:
             extra = f" - {r.detail}" if r.detail else ""
-            lines.append(f"  {r.outcome.upper():7} {r.name:28} {r.seconds:6.1f} s{extra}")
+            timing = f"{r.seconds:6.1f} s (setup {r.setup_seconds:5.1f} s)"
+            lines.append(f"  {r.outcome.upper():7} {r.name:28} {timing}{extra}")
             lines.extend(f"          leak: {leak}" for leak in r.leaks)
         counts = Counter(r.outcome for r in self.results)
         lines.append(
@@ -63,4 +66,6 @@ class Stats:
         lines.append(f"faults injected: {sum(self.faults.values())} {dict(sorted(self.faults.items()))}")
         lines.append(f"leaks found: {self.leaks_found}")
         lines.append(f"bytes verified: {self.bytes_verified}")
+        lines.append(f"time: {sum(r.seconds for r in self.results):.1f} s in scenarios "
+                     f"({sum(r.setup_seconds for r in self.results):.1f} s bringing clusters up)")
         return "\n".join(lines)
