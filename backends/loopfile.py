@@ -72,8 +72,9 @@ from backends.base import (
 )
 from backends.faults import fault_point
 from backends.metadata import fsync_directory, load_record, write_record
+from backends.snapshots import SCHEMA as SNAPSHOT_SCHEMA
+from backends.snapshots import SnapshotRecord as BaseSnapshotRecord
 from backends.system import loop, reflink
-from backends.system import mount as mnt
 from backends.system.runner import Runner, require_tools
 
 SCHEMA = 1
@@ -176,55 +177,20 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
-class SnapshotRecord:
+class SnapshotRecord(BaseSnapshotRecord):
     """One snapshot's metadata record, as stored in ``snapshots/<id>.json``."""
 
-    snapshot_id: str
-    name: str
-    source_volume_id: str
-    size_bytes: int
-    state: str
-    created_at: str
     #: How the image was made: "reflink" or "sparse" ("" while creating).
     method: str = ""
     #: The source volume's loop block size, inherited by volumes restored from the snapshot.
     block_size: int = 0
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SnapshotRecord:
-        return cls(
-            snapshot_id=str(data["snapshot_id"]),
-            name=str(data["name"]),
-            source_volume_id=str(data["source_volume_id"]),
-            size_bytes=int(data["size_bytes"]),
-            state=str(data["state"]),
-            created_at=str(data["created_at"]),
-            method=str(data.get("method", "")),
-            block_size=int(data.get("block_size", 0)),
-        )
+    def extras_from_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {"method": str(data.get("method", "")), "block_size": int(data.get("block_size", 0))}
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "snapshot_id": self.snapshot_id,
-            "name": self.name,
-            "source_volume_id": self.source_volume_id,
-            "size_bytes": self.size_bytes,
-            "state": self.state,
-            "created_at": self.created_at,
-            "method": self.method,
-            "block_size": self.block_size,
-        }
-
-    def to_snapshot(self) -> Snapshot:
-        return Snapshot(
-            snapshot_id=self.snapshot_id,
-            name=self.name,
-            source_volume_id=self.source_volume_id,
-            size_bytes=self.size_bytes,
-            creation_time=datetime.fromisoformat(self.created_at),
-            ready_to_use=self.state == READY,
-        )
+    def extras_to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "block_size": self.block_size}
 
 
 def _fsync_file(path: str) -> None:
@@ -380,17 +346,7 @@ class LoopfileBackend:
 
     async def _thaw_after_crash(self, volume_id: str) -> None:
         """A copy of ``volume_id`` was cut short: its filesystem may still be frozen by us. Thaw it."""
-        device = await self.device_path(volume_id)
-        if device is None:
-            return
-        mounts = await self._filesystem_mounts(device)
-        if not mounts:
-            return
-        try:  # every mount of the device shares one superblock: one thaw is enough
-            if await reflink.thaw(mounts[0]):
-                logger.warning("thawed {} of volume {}, left frozen by an interrupted copy", mounts[0], volume_id)
-        except errors.BackendError as exc:
-            logger.error("cannot thaw {} of volume {}: {}", mounts[0], volume_id, exc)
+        await paths.thaw_after_crash(await self.device_path(volume_id), volume_id)
 
     def _prepare_directory(self) -> None:
         try:
@@ -446,7 +402,7 @@ class LoopfileBackend:
         snapshots = []
         for name in sorted(names):
             if name.endswith(".json") and is_snapshot_id(name[:-5]):
-                data = load_record(os.path.join(self._snap_dir, name), SCHEMA)
+                data = load_record(os.path.join(self._snap_dir, name), SNAPSHOT_SCHEMA)
                 snapshots.append(SnapshotRecord.from_json(data))
             elif name.endswith(".img") and name[:-4] + ".json" not in names:
                 logger.warning("snapshot image {} has no metadata record; leaving it alone", name)
@@ -586,7 +542,7 @@ class LoopfileBackend:
         if device is None:
             result = await reflink.copy_image(source.path, target)
         else:
-            mounts = await self._filesystem_mounts(device)
+            mounts = await paths.filesystem_mounts(device)
             if mounts:
                 rdev = await paths.device_number(device)
                 async with reflink.frozen(mounts[0], rdev):
@@ -608,15 +564,6 @@ class LoopfileBackend:
                 f"block volume {volume_id} is in use at {', '.join(users)} and this filesystem cannot clone "
                 "files: a copy would not be consistent; unpublish it first"
             )
-
-    @staticmethod
-    async def _filesystem_mounts(device: str) -> list[str]:
-        """Mount points of a filesystem on ``device`` (binds of the device node itself excluded)."""
-        rdev = await paths.device_number(device)
-        if not rdev:
-            return []
-        wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
-        return [e.mount_point for e in await mnt.mounts() if e.major_minor == wanted and e.fs_type != "devtmpfs"]
 
     @staticmethod
     def _fit_image(path: str, size: int, thin: bool) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import errno
 import os
 
+from loguru import logger
+
+from backends.errors import BackendError
 from backends.system import mount as mnt
+from backends.system import reflink
 from backends.system.errors import SyscallError
 from backends.system.stats import FsStats, block_device_size, filesystem_stats
 
@@ -67,15 +71,40 @@ async def mounted_fs_type(path: str) -> str:
 
 async def device_in_use(device: str) -> list[str]:
     """Mount points that use ``device``: filesystems on it, and binds of its device node."""
+    return await _mounts_of(device, with_binds=True)
+
+
+async def filesystem_mounts(device: str) -> list[str]:
+    """Mount points of a filesystem on ``device`` (binds of the device node itself excluded)."""
+    return await _mounts_of(device, with_binds=False)
+
+
+async def _mounts_of(device: str, *, with_binds: bool) -> list[str]:
     rdev = await device_number(device)
     if not rdev:
         return []
     wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
     node_name = "/" + os.path.basename(device)
-    return [
-        e.mount_point for e in await mnt.mounts()
-        if e.major_minor == wanted or (e.fs_type == "devtmpfs" and e.root == node_name)
-    ]
+    found = []
+    for entry in await mnt.mounts():
+        bind = entry.fs_type == "devtmpfs"
+        if (entry.major_minor == wanted and not bind) or (with_binds and bind and (
+                entry.major_minor == wanted or entry.root == node_name)):
+            found.append(entry.mount_point)
+    return found
+
+
+async def thaw_after_crash(device: str | None, volume_id: str) -> None:
+    """A copy of ``volume_id`` (on ``device``, None when not attached) was cut short: thaw the filesystem it
+    may have left frozen. Failures are logged, not raised: start-up goes on."""
+    mounts = await filesystem_mounts(device) if device is not None else []
+    if not mounts:
+        return
+    try:  # every mount of the device shares one superblock: one thaw is enough
+        if await reflink.thaw(mounts[0]):
+            logger.warning("thawed {} of volume {}, left frozen by an interrupted copy", mounts[0], volume_id)
+    except BackendError as exc:
+        logger.error("cannot thaw {} of volume {}: {}", mounts[0], volume_id, exc)
 
 
 def check_mount_options(options: tuple[str, ...] | list[str]) -> None:

@@ -39,7 +39,6 @@ capabilities advertised. Every copy costs the source's full size in I/O time.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -66,7 +65,6 @@ from backends.faults import fault_point
 from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, inspect_one, scan
 from backends.rawdisk_snapshots import CREATING, READY, SnapshotRecord, SnapshotStore, check_snapshot_parameters
 from backends.system import blockcopy, disks, gpt, loop, reflink, uevents
-from backends.system import mount as mnt
 from backends.system.runner import Runner, require_tools
 
 MIB = 1 << 20
@@ -158,8 +156,13 @@ class RawdiskBackend:
         self._copying: set[str] = set()
         self._snapshots = SnapshotStore(snapshot_dir) if snapshot_dir else None
         self._loops: dict[str, loop.LoopDevice] = {}
-        #: Serialises scans, claims and wipes: the pool of disks is one shared resource.
+        #: Guards the pool's bookkeeping (inventory, index, reservations) and whole rescans; never held
+        #: across a claim's or a wipe's I/O, which runs on a reserved disk outside it.
         self._lock = anyio.Lock()
+        #: Disks being claimed or wiped right now: never picked, claimed or wiped by another call.
+        self._reserved: set[str] = set()
+        #: Volume ids being claimed or deleted right now.
+        self._pending: set[str] = set()
         self._dirty = anyio.Event()
         self._scans = 0
         self._tg: TaskGroup | None = None
@@ -281,7 +284,7 @@ class RawdiskBackend:
     async def create_volume(self, spec: VolumeSpec) -> Volume:
         check_parameters(spec.parameters)
         existing = self._volumes.get(spec.volume_id)
-        if existing is not None:
+        if existing is not None and spec.volume_id not in self._pending:
             return self._check_compatible(existing, spec)
         if spec.volume_id in self._copying:
             raise errors.Busy(f"volume {spec.volume_id} is still being copied; retry")
@@ -289,17 +292,32 @@ class RawdiskBackend:
         required = self._required(spec) if source is None else self._required_for_copy(spec, source.size_bytes)
         async with self._lock:
             existing = self._volumes.get(spec.volume_id)
-            if existing is not None:
+            if existing is not None and spec.volume_id not in self._pending:
                 return self._check_compatible(existing, spec)
+            self._begin(spec.volume_id)  # busy while this volume is being deleted
+        try:
             await self._drop_incomplete(spec.volume_id)
-            free = [d for d in self._disks.values() if d.state is State.FREE
-                    and (source is None or d.sector_bytes <= source.sector_bytes)]
-            disk = pick_disk(free, required, spec.limit_bytes)
-            entry = await self._claim(disk, spec, copying=source is not None)
+            async with self._lock:
+                free = [d for d in self._disks.values() if d.state is State.FREE and d.real_path not in self._reserved
+                        and (source is None or d.sector_bytes <= source.sector_bytes)]
+                disk = pick_disk(free, required, spec.limit_bytes)
+                self._reserved.add(disk.real_path)
+            try:
+                entry = await self._claim(disk, spec, copying=source is not None)
+            finally:
+                self._reserved.discard(disk.real_path)
+        finally:
+            self._pending.discard(spec.volume_id)
         logger.info("volume {} claimed {} ({} bytes)", spec.volume_id, disk.path, entry.claim.partition_bytes)
         if source is not None:
             entry = await self._fill(entry, source)
         return entry.to_volume()
+
+    def _begin(self, volume_id: str) -> None:
+        """Mark a volume as being claimed or deleted (pool lock held); a second call meanwhile is busy."""
+        if volume_id in self._pending:
+            raise errors.Busy(f"volume {volume_id} is being created or deleted; retry")
+        self._pending.add(volume_id)
 
     def _resolve_source(self, source: ContentSource) -> CopySource:
         """The bytes a content source names; unknown sources are NOT_FOUND."""
@@ -347,18 +365,17 @@ class RawdiskBackend:
                 # The copy went through the whole disk; the kernel's partition device must not serve older pages.
                 await anyio.to_thread.run_sync(blockcopy.drop_cache, partition)
             fault_point("rawdisk.create.after_copy")
+            record = replace(entry.claim.record, state=rawdisk_claim.READY)
+            await anyio.to_thread.run_sync(rawdisk_claim.update_record, entry.disk.real_path, record)
+            ready = replace(entry, claim=entry.claim.with_record(record))
             async with self._lock:
-                record = replace(entry.claim.record, state=rawdisk_claim.READY)
-                await anyio.to_thread.run_sync(rawdisk_claim.update_record, entry.disk.real_path, record)
-                ready = replace(entry, claim=entry.claim.with_record(record))
                 self._incomplete.pop(volume_id, None)
                 self._volumes[volume_id] = ready
             return ready
         except BaseException:
             with anyio.CancelScope(shield=True):
                 try:
-                    async with self._lock:
-                        await self._drop_incomplete(volume_id)
+                    await self._drop_incomplete(volume_id)
                 except Exception as exc:
                     logger.error("cannot give back the disk of unfinished volume {}: {}", volume_id, exc)
             raise
@@ -366,24 +383,45 @@ class RawdiskBackend:
             self._copying.discard(volume_id)
 
     async def _drop_incomplete(self, volume_id: str) -> None:
-        """Wipe the disk of a clone or restore that never finished (call with the pool lock held)."""
-        entry = self._incomplete.get(volume_id)
-        if entry is None:
-            return
-        await self._wipe(entry)
-        self._incomplete.pop(volume_id, None)
+        """Wipe the disk of a clone or restore that never finished (without the pool lock held)."""
+        async with self._lock:
+            entry = self._incomplete.get(volume_id)
+            if entry is None:
+                return
+            self._reserve(entry.disk)
+        await self._wipe_and_release(entry, self._incomplete)
         logger.info("unfinished volume {} removed; disk {} returned to the pool", volume_id, entry.disk.path)
 
-    async def _wipe(self, entry: VolumeEntry) -> None:
+    def _reserve(self, disk: Disk) -> None:
+        """Keep every other call off a disk while it is claimed or wiped (pool lock held)."""
+        if disk.real_path in self._reserved:
+            raise errors.Busy(f"disk {disk.path} is being claimed or wiped; retry")
+        self._reserved.add(disk.real_path)
+
+    async def _wipe_and_release(self, entry: VolumeEntry, index: dict[str, VolumeEntry]) -> None:
+        """Wipe a disk the caller reserved, return it to the pool, and drop its entry from ``index``."""
+        try:
+            wiped = await self._wipe(entry)
+            async with self._lock:
+                self._disks[wiped.real_path] = wiped
+                index.pop(entry.claim.volume_id, None)
+        finally:
+            self._reserved.discard(entry.disk.real_path)
+
+    async def _wipe(self, entry: VolumeEntry) -> Disk:
+        """Wipe a reserved disk after checking it still carries the volume; returns the disk as it is now."""
         disk = entry.disk
-        current = await self._reinspect(disk)
+        facts = await self._facts(disk)
+        current = await self._classify(disk, facts)
         if current.claim is None or current.claim.volume_id != entry.claim.volume_id:
             raise errors.PreconditionFailed(
                 f"disk {disk.path} no longer carries volume {entry.claim.volume_id}: it {current.reason}")
         await anyio.to_thread.run_sync(
             lambda: rawdisk_claim.wipe(disk.real_path, entry.claim, disk.size_bytes, discard=disk.discard))
         await anyio.to_thread.run_sync(gpt.reread_partitions, disk.real_path)
-        self._disks[disk.real_path] = await self._reinspect(disk)
+        # The facts read just before the wipe still hold (the disk was ours, opened exclusively): only its
+        # contents changed, so only those are read again (and probed: leftovers may still carry a signature).
+        return await self._classify(disk, facts)
 
     @contextlib.asynccontextmanager
     async def _consistent(self, volume_id: str) -> AsyncIterator[None]:
@@ -392,7 +430,7 @@ class RawdiskBackend:
         if device is None:
             yield
             return
-        mounts = await _filesystem_mounts(device)
+        mounts = await paths.filesystem_mounts(device)
         if mounts:
             async with reflink.frozen(mounts[0], await paths.device_number(device)):
                 yield
@@ -410,29 +448,17 @@ class RawdiskBackend:
                    if e.claim.record.source is not None and e.claim.record.source.kind is SourceKind.VOLUME}
         sources |= {s.source_volume_id for s in interrupted if s.state == CREATING}
         for volume_id in sorted(sources):
-            await self._thaw_after_crash(volume_id)
+            await paths.thaw_after_crash(await self.device_path(volume_id), volume_id)
         for snap in interrupted:
             logger.warning("removing unfinished snapshot {} ({})", snap.snapshot_id, snap.state)
             if self._snapshots is not None:
                 await self._snapshots.remove(snap.snapshot_id)
-        async with self._lock:
-            for volume_id in list(self._incomplete):
-                logger.warning("removing unfinished clone or restore {}", volume_id)
-                try:
-                    await self._drop_incomplete(volume_id)
-                except errors.BackendError as exc:
-                    logger.error("cannot wipe unfinished volume {}: {}", volume_id, exc)
-
-    async def _thaw_after_crash(self, volume_id: str) -> None:
-        device = await self.device_path(volume_id)
-        mounts = await _filesystem_mounts(device) if device is not None else []
-        if not mounts:
-            return
-        try:  # every mount of the device shares one superblock: one thaw is enough
-            if await reflink.thaw(mounts[0]):
-                logger.warning("thawed {} of volume {}, left frozen by an interrupted copy", mounts[0], volume_id)
-        except errors.BackendError as exc:
-            logger.error("cannot thaw {} of volume {}: {}", mounts[0], volume_id, exc)
+        for volume_id in list(self._incomplete):
+            logger.warning("removing unfinished clone or restore {}", volume_id)
+            try:
+                await self._drop_incomplete(volume_id)
+            except errors.BackendError as exc:
+                logger.error("cannot wipe unfinished volume {}: {}", volume_id, exc)
 
     def _check_compatible(self, existing: VolumeEntry, spec: VolumeSpec) -> Volume:
         size = existing.claim.partition_bytes
@@ -450,32 +476,41 @@ class RawdiskBackend:
         return existing.to_volume()
 
     async def _claim(self, disk: Disk, spec: VolumeSpec, *, copying: bool = False) -> VolumeEntry:
-        """Re-check the disk right before writing (it may have changed since the scan), then claim it."""
-        fresh = await self._reinspect(disk)
+        """Re-check a reserved disk right before writing (it may have changed since the scan), then claim it."""
+        facts = await self._facts(disk)
+        fresh = await self._classify(disk, facts)
         if fresh.state is not State.FREE:
-            self._disks[disk.real_path] = fresh
+            async with self._lock:
+                self._disks[disk.real_path] = fresh
             raise errors.Busy(f"disk {disk.path} changed since it was inventoried ({fresh.reason}); retry")
         layout = gpt.Layout(fresh.size_bytes, fresh.sector_bytes)
         record = rawdisk_claim.Record(spec.volume_id, spec.name, datetime.now(UTC).isoformat(), source=spec.source,
                                       state=rawdisk_claim.COPYING if copying else rawdisk_claim.READY)
         await anyio.to_thread.run_sync(rawdisk_claim.write, fresh.real_path, layout, record)
         await anyio.to_thread.run_sync(gpt.reread_partitions, fresh.real_path)
-        claimed = await self._reinspect(fresh)
+        claimed = await self._classify(disk, facts)  # reads the claim back; a claimed disk is not probed
         if claimed.claim is None or claimed.claim.volume_id != spec.volume_id:
             raise errors.SystemFailure(f"claiming {disk.path} did not stick: it now {claimed.reason}")
-        self._disks[disk.real_path] = claimed
         entry = VolumeEntry(claimed.claim, claimed)
-        if copying:
-            self._incomplete[spec.volume_id] = entry
-            self._copying.add(spec.volume_id)
-        else:
-            self._volumes[spec.volume_id] = entry
+        async with self._lock:
+            self._disks[disk.real_path] = claimed
+            if copying:
+                self._incomplete[spec.volume_id] = entry
+                self._copying.add(spec.volume_id)
+            else:
+                self._volumes[spec.volume_id] = entry
         return entry
 
-    async def _reinspect(self, disk: Disk) -> Disk:
+    @staticmethod
+    async def _facts(disk: Disk) -> disks.DiskFacts:
+        """What sysfs, mountinfo and /proc/swaps say about this one disk now."""
         facts = await anyio.to_thread.run_sync(disks.inspect_all, [disk.real_path])
+        return facts[disk.real_path]
+
+    async def _classify(self, disk: Disk, facts: disks.DiskFacts) -> Disk:
+        """The disk's state from its contents now (our claim read back; probed with libblkid only if blank)."""
         match = disks.Match(disk.pattern, disk.path, disk.real_path)
-        return await inspect_one(self._runner, match, facts[disk.real_path], min_bytes=self._min_bytes)
+        return await inspect_one(self._runner, match, facts, min_bytes=self._min_bytes)
 
     async def delete_volume(self, volume_id: str) -> None:
         if volume_id in self._copying:
@@ -483,8 +518,7 @@ class RawdiskBackend:
         entry = self._volumes.get(volume_id)
         if entry is None:
             if volume_id in self._incomplete:  # an unfinished clone or restore the CO gave up on
-                async with self._lock:
-                    await self._drop_incomplete(volume_id)
+                await self._drop_incomplete(volume_id)
             return
         await self._check_unused(entry)
         async with self._lock:
@@ -496,8 +530,12 @@ class RawdiskBackend:
                     f"disk {entry.disk.path} of volume {volume_id} is not present, so it cannot be wiped; "
                     "reconnect it, or wipe it by hand and delete the volume again")
             disk = entry.disk
-            await self._wipe(entry)
-            self._volumes.pop(volume_id, None)
+            self._reserve(disk)
+            self._pending.add(volume_id)
+        try:
+            await self._wipe_and_release(entry, self._volumes)
+        finally:
+            self._pending.discard(volume_id)
         logger.info("volume {} deleted; disk {} wiped and returned to the pool", volume_id, disk.path)
 
     async def _check_unused(self, entry: VolumeEntry) -> None:
@@ -696,15 +734,6 @@ class RawdiskBackend:
 
     async def list_snapshots(self) -> list[Snapshot]:
         return [r.to_snapshot() for r in self._snapshots.records()] if self._snapshots is not None else []
-
-
-async def _filesystem_mounts(device: str) -> list[str]:
-    """Mount points of a filesystem on ``device`` (binds of the device node itself excluded)."""
-    rdev = await paths.device_number(device)
-    if not rdev:
-        return []
-    wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
-    return [e.mount_point for e in await mnt.mounts() if e.major_minor == wanted and e.fs_type != "devtmpfs"]
 
 
 def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> RawdiskBackend:

@@ -148,7 +148,7 @@ def decode_record(raw: bytes) -> Record | None:
         return None
 
 
-def interpret(head: bytes, sector: int, disk_bytes: int) -> Reading:
+def interpret(head: gpt.Head, sector: int, disk_bytes: int) -> Reading:
     """Decide from the first MiB of a disk whether it is ours, someone else's GPT, or neither."""
     try:
         table = gpt.parse_primary(head, sector)
@@ -176,8 +176,8 @@ def interpret(head: bytes, sector: int, disk_bytes: int) -> Reading:
 
 
 def read(path: str, sector: int, disk_bytes: int) -> Reading:
-    head = gpt.read_at(path, 0, min(MIB, disk_bytes - disk_bytes % sector))
-    return interpret(head, sector, disk_bytes)
+    with gpt.read_mapped(path, 0, min(MIB, disk_bytes - disk_bytes % sector)) as head:
+        return interpret(head, sector, disk_bytes)
 
 
 def write(path: str, layout: gpt.Layout, record: Record) -> None:
@@ -199,13 +199,13 @@ def wipe(path: str, claim: Claim, disk_bytes: int, *, discard: bool) -> None:
     """Remove everything we (and the volume's user) wrote, in the crash-safe order."""
     start, size = claim.partition_offset, claim.partition_bytes
     edge = min(MIB, size)
-    writes = [gpt.Write(start, bytes(edge))]
+    writes = [gpt.Write(start, zero_bytes=edge)]
     if size > edge:
-        writes.append(gpt.Write(start + size - edge, bytes(edge)))
+        writes.append(gpt.Write(start + size - edge, zero_bytes=edge))
     gpt.write_all(path, writes)
     if discard and size > 2 * edge:
         done = gpt.discard(path, start + edge, size - 2 * edge)
         logger.debug("discard of {} bytes on {}: {}", size - 2 * edge, path, "done" if done else "not supported")
     tail_start = start + size
-    gpt.write_all(path, [gpt.Write(tail_start, bytes(disk_bytes - tail_start))])
-    gpt.write_all(path, [gpt.Write(0, bytes(start))])
+    # write_all syncs after each write, so the backup GPT is gone before the first MiB is.
+    gpt.write_all(path, [gpt.Write(tail_start, zero_bytes=disk_bytes - tail_start), gpt.Write(0, zero_bytes=start)])

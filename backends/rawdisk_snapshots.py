@@ -20,71 +20,37 @@ import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 from loguru import logger
 
-from backends import errors
-from backends.base import Snapshot, is_snapshot_id
+from backends import errors, snapshots
+from backends.base import is_snapshot_id
 from backends.metadata import fsync_directory, load_record, write_record
+from backends.snapshots import CREATING, DELETING, READY, SCHEMA
 
-SCHEMA = 1
-CREATING, READY, DELETING = "creating", "ready", "deleting"
+__all__ = ["CREATING", "DELETING", "READY", "SCHEMA", "SnapshotRecord", "SnapshotStore", "check_snapshot_parameters"]
+
 IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
 
 
 @dataclass(frozen=True)
-class SnapshotRecord:
-    snapshot_id: str
-    name: str
-    source_volume_id: str
-    #: The source volume's capacity: the image's length and the smallest volume it restores into.
-    size_bytes: int
-    state: str
-    created_at: str
+class SnapshotRecord(snapshots.SnapshotRecord):
+    """A rawdisk snapshot's record (``size_bytes`` is also the image's length)."""
+
     #: Logical sector size of the source disk: a restore needs a disk with sectors no larger.
     sector_bytes: int = 512
     #: Bytes of the image that hold data (the rest are holes).
     data_bytes: int = 0
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SnapshotRecord:
-        return cls(
-            snapshot_id=str(data["snapshot_id"]),
-            name=str(data["name"]),
-            source_volume_id=str(data["source_volume_id"]),
-            size_bytes=int(data["size_bytes"]),
-            state=str(data["state"]),
-            created_at=str(data["created_at"]),
-            sector_bytes=int(data.get("sector_bytes", 512)),
-            data_bytes=int(data.get("data_bytes", 0)),
-        )
+    def extras_from_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {"sector_bytes": int(data.get("sector_bytes", 512)), "data_bytes": int(data.get("data_bytes", 0))}
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "snapshot_id": self.snapshot_id,
-            "name": self.name,
-            "source_volume_id": self.source_volume_id,
-            "size_bytes": self.size_bytes,
-            "state": self.state,
-            "created_at": self.created_at,
-            "sector_bytes": self.sector_bytes,
-            "data_bytes": self.data_bytes,
-        }
-
-    def to_snapshot(self) -> Snapshot:
-        return Snapshot(
-            snapshot_id=self.snapshot_id,
-            name=self.name,
-            source_volume_id=self.source_volume_id,
-            size_bytes=self.size_bytes,
-            creation_time=datetime.fromisoformat(self.created_at),
-            ready_to_use=self.state == READY,
-        )
+    def extras_to_json(self) -> dict[str, Any]:
+        return {"sector_bytes": self.sector_bytes, "data_bytes": self.data_bytes}
 
 
 def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:

@@ -30,6 +30,7 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from backends.system import _ioctl
@@ -226,7 +227,11 @@ def parse_entries(raw: bytes, count: int, size: int) -> tuple[Partition, ...]:
     return tuple(found)
 
 
-def parse_primary(head: bytes, sector: int) -> Table:
+#: The start of a disk as read: ``bytes``, or the anonymous mapping it was read into (its slices are ``bytes``).
+Head = bytes | mmap.mmap
+
+
+def parse_primary(head: Head, sector: int) -> Table:
     """Parse the protective MBR, primary header and entries from the start of a disk.
 
     Raises :class:`GptError` saying what is wrong; the caller decides what a
@@ -276,47 +281,74 @@ def _aligned(length: int) -> mmap.mmap:
 
 def read_at(path: str, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset`` straight from the device (offset and length sector-aligned)."""
+    with read_mapped(path, offset, length) as data:
+        return data[:]
+
+
+@contextlib.contextmanager
+def read_mapped(path: str, offset: int, length: int) -> Iterator[Head]:
+    """Like :func:`read_at`, but the bytes stay in the anonymous mapping they were read into until the block ends.
+
+    A large ``bytes`` copy, made in many worker threads, would be kept by each
+    thread's malloc arena long after it is freed; the mapping is returned to the
+    kernel at once. A short read gives the ``bytes`` read instead.
+    """
     fd, _ = _open(path, write=False)
     try:
         buf = _aligned(length)
         try:
             done = os.preadv(fd, [memoryview(buf)[:length]], offset)
-            return bytes(buf[:done])
-        finally:
+        except OSError as exc:
             buf.close()
-    except OSError as exc:
-        raise SyscallError.from_oserror("pread", path, exc) from exc
+            raise SyscallError.from_oserror("pread", path, exc) from exc
     finally:
         os.close(fd)
+    try:
+        yield buf if done == len(buf) else buf[:done]
+    finally:
+        buf.close()
 
 
 @dataclass(frozen=True)
 class Write:
+    """``data`` at ``offset``; with ``data`` empty, ``zero_bytes`` zeros instead (no buffer is built for them)."""
+
     offset: int
-    data: bytes
+    data: bytes = b""
+    zero_bytes: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.data) or self.zero_bytes
 
 
 def write_all(path: str, writes: list[Write], *, exclusive: bool = True) -> None:
-    """Write each chunk in order, then fsync and drop the device's page cache.
+    """Write each chunk in order, fsync after each, then drop the device's page cache if it was written through.
+
+    With ``O_DIRECT`` (the normal case) the kernel already dropped the cached
+    pages of every range written, so the whole-device ``BLKFLSBUF`` is skipped.
 
     ``exclusive`` opens with ``O_EXCL``: the kernel refuses (EBUSY) when the
     disk is mounted or held by another device, a last guard against writing to
     a disk someone is using.
     """
-    fd, _ = _open(path, write=True, exclusive=exclusive)
+    fd, direct = _open(path, write=True, exclusive=exclusive)
     try:
         for chunk in writes:
-            buf = _aligned(len(chunk.data))
+            length = chunk.length
+            buf = _aligned(length)  # anonymous memory: page-aligned for O_DIRECT, and already zero
             try:
-                buf[: len(chunk.data)] = chunk.data
-                written = os.pwritev(fd, [memoryview(buf)[: len(chunk.data)]], chunk.offset)
+                if chunk.data:
+                    buf[:length] = chunk.data
+                written = os.pwritev(fd, [memoryview(buf)[:length]], chunk.offset)
             finally:
                 buf.close()
-            if written != len(chunk.data):
+            if written != length:
                 raise SyscallError("pwrite", errno.EIO, path, f"short write at {chunk.offset}")
             os.fsync(fd)
-        with contextlib.suppress(OSError):  # only a cache drop; the data is already on the device
-            fcntl.ioctl(fd, BLKFLSBUF)
+        if not direct:
+            with contextlib.suppress(OSError):  # only a cache drop; the data is already on the device
+                fcntl.ioctl(fd, BLKFLSBUF)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise SyscallError.from_oserror("open", path, exc, "the disk is in use (mounted or held)") from exc

@@ -6,6 +6,10 @@ allow-list pattern is ``<scratch>/dev/disk-*``, so the backend under test can
 only ever see the loop devices this helper attached, never another helper's,
 and a disk "added while running" is a new loop device plus a new symlink.
 
+:func:`fake_disks` (the ``disks`` fixture of every rawdisk test), :func:`running`
+(a started backend) and :func:`running_driver` (a driver process) are the
+shared set-ups of the rawdisk tests.
+
 Cleanup uses the plain tools (``umount``, ``losetup``), not the code under
 test: mounts below the scratch dir, then every loop device backed by one of
 our disks (the backend's partition views), then our disks, then the files.
@@ -18,10 +22,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+from backends.rawdisk import RawdiskBackend
+from backends.system.runner import ProcessRunner
+from tests.support import DriverProcess
+
 MIB = 1 << 20
+#: The node id of backends started by :func:`running`.
+NODE = "node-a"
 
 
 def sh(*argv: str, stdin: str | None = None) -> str:
@@ -128,3 +139,46 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         time.sleep(0.05)
     return predicate()
 
+
+
+def fake_disks() -> Iterator[FakeDisks]:
+    """A fresh scratch set of disks, cleaned up after the test.
+
+    A test module makes it its ``disks`` fixture: ``disks = pytest.fixture(fake_disks, name="disks")``.
+    """
+    fake = FakeDisks()
+    try:
+        yield fake
+    finally:
+        fake.cleanup()
+
+
+@asynccontextmanager
+async def running(disks: FakeDisks, snapshot_dir: Path | None = None, *,
+                  watch: bool = False) -> AsyncIterator[RawdiskBackend]:
+    """A started backend over ``disks`` (snapshots in ``snapshot_dir`` when given), closed afterwards."""
+    backend = RawdiskBackend(NODE, (disks.pattern,), ProcessRunner(), watch=watch,
+                             snapshot_dir=str(snapshot_dir) if snapshot_dir else "")
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def rawdisk_driver(disks: FakeDisks, *, snapshots: bool = False) -> DriverProcess:
+    """A driver process over ``disks`` (not started), with a snapshot directory when ``snapshots``."""
+    args = ["--rawdisk-device", disks.pattern]
+    if snapshots:
+        args += ["--rawdisk-snapshot-dir", str(disks.root / "snapshots")]
+    return DriverProcess(disks.root / "driver", backend="rawdisk", extra_args=tuple(args))
+
+
+def running_driver(disks: FakeDisks, *, snapshots: bool = False) -> Iterator[DriverProcess]:
+    """The body of a ``driver`` fixture: the driver process, then killed and every disk cleaned up."""
+    proc = rawdisk_driver(disks, snapshots=snapshots)
+    try:
+        yield proc
+    finally:
+        proc.kill9()
+        disks.cleanup()  # mounts below the driver's kubelet dir, then the partition views, then the disks

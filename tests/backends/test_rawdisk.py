@@ -5,43 +5,24 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+import threading
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from backends import errors
+from backends import errors, rawdisk_claim
 from backends.base import AccessType, VolumeSpec
 from backends.rawdisk import RawdiskBackend
 from backends.rawdisk_claim import PARTITION_TYPE
 from backends.rawdisk_inventory import State
-from backends.system.runner import ProcessRunner
-from tests.backends.rawdisk_support import MIB, FakeDisks, make_ext4, sh, write_foreign_gpt
+from tests.backends.rawdisk_support import MIB, NODE, FakeDisks, fake_disks, make_ext4, running, sh, write_foreign_gpt
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
-NODE = "node-a"
 
 
-@pytest.fixture
-def disks() -> Iterator[FakeDisks]:
-    fake = FakeDisks()
-    try:
-        yield fake
-    finally:
-        fake.cleanup()
-
-
-@asynccontextmanager
-async def running(disks: FakeDisks, *, watch: bool = False) -> AsyncIterator[RawdiskBackend]:
-    backend = RawdiskBackend(NODE, (disks.pattern,), ProcessRunner(), watch=watch)
-    await backend.start()
-    try:
-        yield backend
-    finally:
-        await backend.close()
+disks = pytest.fixture(fake_disks, name="disks")
 
 
 def spec(name: str, required: int = 0, limit: int = 0, fs_type: str = "ext4") -> VolumeSpec:
@@ -214,6 +195,38 @@ async def test_concurrent_creates_take_distinct_disks(disks: FakeDisks) -> None:
             for index in range(3):
                 tg.start_soon(create, f"pvc-{index}")
         assert len(set(results.values())) == 3
+
+
+async def test_a_slow_wipe_holds_up_only_its_own_volume(disks: FakeDisks, monkeypatch: pytest.MonkeyPatch) -> None:
+    for index in range(2):
+        disks.add(f"d{index}", 64 * MIB)
+    wiping, release = threading.Event(), threading.Event()
+    real_wipe = rawdisk_claim.wipe
+
+    def slow_wipe(*args: Any, **kwargs: Any) -> None:
+        wiping.set()
+        assert release.wait(30)
+        real_wipe(*args, **kwargs)
+
+    monkeypatch.setattr(rawdisk_claim, "wipe", slow_wipe)
+    async with running(disks) as backend:
+        first = await backend.create_volume(spec("pvc-1", 16 * MIB))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backend.delete_volume, first.volume_id)
+            with anyio.fail_after(30):
+                while not wiping.is_set():  # the wipe runs in a worker thread
+                    await anyio.sleep(0.01)
+            with anyio.fail_after(10):  # the pool is not locked while a disk is wiped
+                second = await backend.create_volume(spec("pvc-2", 16 * MIB))
+                assert (await backend.get_capacity({})).available_bytes == 0  # the disk being wiped is not free
+                with pytest.raises(errors.Busy):
+                    await backend.delete_volume(first.volume_id)
+                with pytest.raises(errors.Busy):
+                    await backend.create_volume(spec("pvc-1", 16 * MIB))
+            release.set()
+        assert second.context["localcsi.dev/disk"] != first.context["localcsi.dev/disk"]
+        assert [v.name for v in await backend.list_volumes()] == ["pvc-2"]
+        assert (await backend.get_capacity({})).available_bytes > 0
 
 
 async def test_hotplug_adds_and_removes_disks_without_restart(disks: FakeDisks) -> None:

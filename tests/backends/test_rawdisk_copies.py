@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,20 +18,12 @@ from backends.base import AccessType, ContentSource, SourceKind, VolumeSpec
 from backends.rawdisk import RawdiskBackend
 from backends.rawdisk_inventory import State
 from backends.system import blockcopy, gpt
-from backends.system.runner import ProcessRunner
-from tests.backends.rawdisk_support import MIB, FakeDisks, sh
+from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, running, sh
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
-NODE = "node-a"
 
 
-@pytest.fixture
-def disks() -> Iterator[FakeDisks]:
-    fake = FakeDisks()
-    try:
-        yield fake
-    finally:
-        fake.cleanup()
+disks = pytest.fixture(fake_disks, name="disks")
 
 
 @pytest.fixture
@@ -39,17 +31,6 @@ def snapshot_dir(disks: FakeDisks) -> Path:
     path = disks.root / "snapshots"
     path.mkdir()
     return path
-
-
-@asynccontextmanager
-async def running(disks: FakeDisks, snapshot_dir: Path | None = None) -> AsyncIterator[RawdiskBackend]:
-    backend = RawdiskBackend(NODE, (disks.pattern,), ProcessRunner(), watch=False,
-                             snapshot_dir=str(snapshot_dir) if snapshot_dir else "")
-    await backend.start()
-    try:
-        yield backend
-    finally:
-        await backend.close()
 
 
 def spec(name: str, required: int = 0, source: ContentSource | None = None, limit: int = 0) -> VolumeSpec:

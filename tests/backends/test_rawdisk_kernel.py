@@ -13,7 +13,6 @@ import os
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from backends.rawdisk import RawdiskBackend
 from backends.rawdisk_inventory import State
 from backends.system import gpt
 from backends.system.runner import ProcessRunner
-from tests.backends.rawdisk_support import MIB, FakeDisks, sh
+from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, sh
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root, pytest.mark.kernel]
 IN_LANE = os.environ.get("LOCALCSI_VMTEST") == "1"
@@ -59,13 +58,7 @@ def _partition_support() -> None:
     pytest.skip(f"{message}; run it in the kernel lane: hack/vmtest")
 
 
-@pytest.fixture
-def disks() -> Iterator[FakeDisks]:
-    fake = FakeDisks()
-    try:
-        yield fake
-    finally:
-        fake.cleanup()
+disks = pytest.fixture(fake_disks, name="disks")
 
 
 async def test_attach_uses_the_kernel_partition_device(disks: FakeDisks) -> None:

@@ -19,7 +19,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from tests.backends.rawdisk_support import MIB, FakeDisks, make_ext4
+from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, make_ext4, running_driver
 from tests.support import NODE_ID, Client, DriverProcess, block_cap, connect, create_request, mount_cap, write_file
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
@@ -27,23 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 Rpc = csi.ControllerServiceCapabilityRpcType
 
 
-@pytest.fixture
-def disks() -> Iterator[FakeDisks]:
-    fake = FakeDisks()
-    try:
-        yield fake
-    finally:
-        fake.cleanup()
+disks = pytest.fixture(fake_disks, name="disks")
 
 
 @pytest.fixture
 def driver(disks: FakeDisks) -> Iterator[DriverProcess]:
-    proc = DriverProcess(disks.root / "driver", backend="rawdisk", extra_args=("--rawdisk-device", disks.pattern))
-    try:
-        yield proc
-    finally:
-        proc.kill9()
-        disks.cleanup()  # mounts below the driver's kubelet dir, then the partition views, then the disks
+    yield from running_driver(disks)
 
 
 class Volume:

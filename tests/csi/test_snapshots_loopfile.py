@@ -65,6 +65,14 @@ class Restored(Lifecycle):
         return resp.volume
 
 
+def restore(name: str, source: csi.VolumeContentSource, size: int = 0, limit: int = 0) -> csi.CreateVolumeRequest:
+    """CreateVolume from ``source`` with a capacity range of ``size`` .. ``limit`` bytes."""
+    request = create_request(name, size)
+    request.capacity_range = csi.CapacityRange(required_bytes=size, limit_bytes=limit)
+    request.volume_content_source = source
+    return request
+
+
 def from_snapshot(snapshot_id: str) -> csi.VolumeContentSource:
     return csi.VolumeContentSource(snapshot=csi.VolumeContentSourceSnapshotSource(snapshot_id=snapshot_id))
 
@@ -121,6 +129,27 @@ def records_in(path: Path) -> int:
     return count
 
 
+async def delete_in_order(c: Client, ids: dict[str, str], order: tuple[str, ...]) -> None:
+    """Delete what ``ids`` names ("snapshot", else a volume), in ``order``: every order must work."""
+    for what in order:
+        if what == "snapshot":
+            await c.controller.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=ids[what]))
+        else:
+            await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=ids[what]))
+
+
+async def check_copy_of_the_instant(copy: Restored, before: int, after: int) -> None:
+    """Use ``copy`` and check it holds exactly what was there at the instant of the copy: the earlier file, and
+    every record written before the request, whole and in order, none torn; the writes after the response are
+    not there. Then take it down."""
+    await copy.stage(await copy.attach())
+    await copy.publish()
+    assert copy.read() == PAYLOAD
+    count = records_in(copy.target / "log.bin")
+    assert before <= count <= after, (before, count, after)
+    await copy.down()
+
+
 async def copy_while_written(c: Client, driver: DriverProcess, kind: str, fs_type: str = "ext4") -> None:
     size = 320 * MIB if fs_type == "xfs" else 128 * MIB  # mkfs.xfs needs 300 MiB
     source = Lifecycle(c, driver, f"pvc-live-{kind}", mount_cap(fs_type), size)
@@ -143,14 +172,7 @@ async def copy_while_written(c: Client, driver: DriverProcess, kind: str, fs_typ
     assert created.content_source == copy.source
     # The copy is mounted on the same node while its source still is (a local volume never moves): for xfs
     # that means two filesystems with one UUID.
-    await copy.stage(await copy.attach())
-    await copy.publish()
-    # Exactly what was there at the instant of the copy: the earlier file, and every record written
-    # before the request, whole and in order, none torn; the writes after the response are not there.
-    assert copy.read() == PAYLOAD
-    count = records_in(copy.target / "log.bin")
-    assert before <= count <= after, (before, count, after)
-    await copy.down()
+    await check_copy_of_the_instant(copy, before, after)
     await source.down()
 
 
@@ -230,15 +252,8 @@ async def test_spec_error_codes_and_idempotency(driver: DriverProcess) -> None:
             name="snap-param", source_volume_id=a.volume_id, parameters={"bogus": "1"})))
         await expect(Status.NOT_FOUND, ctl.get_snapshot(csi.GetSnapshotRequest(snapshot_id=missing_snapshot)))
 
-        def restore(name: str, source: csi.VolumeContentSource, size: int = 64 * MIB,
-                    limit: int = 0) -> csi.CreateVolumeRequest:
-            request = create_request(name, size)
-            request.capacity_range = csi.CapacityRange(required_bytes=size, limit_bytes=limit)
-            request.volume_content_source = source
-            return request
-
-        await expect(Status.NOT_FOUND, ctl.create_volume(restore("pvc-r1", from_snapshot(missing_snapshot))))
-        await expect(Status.NOT_FOUND, ctl.create_volume(restore("pvc-r2", from_volume(missing_volume))))
+        await expect(Status.NOT_FOUND, ctl.create_volume(restore("pvc-r1", from_snapshot(missing_snapshot), 64 * MIB)))
+        await expect(Status.NOT_FOUND, ctl.create_volume(restore("pvc-r2", from_volume(missing_volume), 64 * MIB)))
         await expect(Status.OUT_OF_RANGE, ctl.create_volume(restore("pvc-r3", from_snapshot(snap_id), 32 * MIB)))
         await expect(Status.OUT_OF_RANGE, ctl.create_volume(restore("pvc-r4", from_volume(a.volume_id), 32 * MIB)))
         restored = await ctl.create_volume(restore("pvc-r5", from_snapshot(snap_id), 96 * MIB))
@@ -277,11 +292,7 @@ async def test_delete_in_every_order_across_a_restart(driver: DriverProcess) -> 
             assert restored is not None
             ids["restored"] = restored.volume_id
         for ids, order in zip(made, orders, strict=True):
-            for what in order:
-                if what == "snapshot":
-                    await c.controller.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=ids[what]))
-                else:
-                    await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=ids[what]))
+            await delete_in_order(c, ids, order)
         assert (await c.controller.list_snapshots(csi.ListSnapshotsRequest())).entries == []
         assert (await c.controller.list_volumes(csi.ListVolumesRequest())).entries == []
     assert driver.images() == []

@@ -18,10 +18,18 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from csi.cli import backend_options, build_parser, factory_features
 from csi.gen.csi import v1 as csi
-from tests.backends.rawdisk_support import MIB, FakeDisks, loops_over, sh
-from tests.csi.test_driver_loopfile import PAYLOAD, Lifecycle, expect
+from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, loops_over, rawdisk_driver, running_driver, sh
+from tests.csi.test_driver_loopfile import Lifecycle, expect
 from tests.csi.test_driver_rawdisk import disk_states
-from tests.csi.test_snapshots_loopfile import Restored, Writer, from_snapshot, from_volume, records_in
+from tests.csi.test_snapshots_loopfile import (
+    Restored,
+    Writer,
+    check_copy_of_the_instant,
+    delete_in_order,
+    from_snapshot,
+    from_volume,
+    restore,
+)
 from tests.support import Client, DriverProcess, connect, create_request, mount_cap, mounts_under
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
@@ -30,30 +38,12 @@ DISK_BYTES = 160 * MIB
 VOLUME_BYTES = DISK_BYTES - 2 * MIB  # the partition: the disk less the GPT and 1 MiB alignment
 
 
-@pytest.fixture
-def disks() -> Iterator[FakeDisks]:
-    fake = FakeDisks()
-    try:
-        yield fake
-    finally:
-        fake.cleanup()
-
-
-def rawdisk_driver(disks: FakeDisks, *, snapshots: bool = True) -> DriverProcess:
-    args = ["--rawdisk-device", disks.pattern]
-    if snapshots:
-        args += ["--rawdisk-snapshot-dir", str(disks.root / "snapshots")]
-    return DriverProcess(disks.root / "driver", backend="rawdisk", extra_args=tuple(args))
+disks = pytest.fixture(fake_disks, name="disks")
 
 
 @pytest.fixture
 def driver(disks: FakeDisks) -> Iterator[DriverProcess]:
-    proc = rawdisk_driver(disks)
-    try:
-        yield proc
-    finally:
-        proc.kill9()
-        disks.cleanup()
+    yield from running_driver(disks, snapshots=True)
 
 
 def assert_nothing_left(disks: FakeDisks, driver: DriverProcess) -> None:
@@ -78,7 +68,7 @@ async def snapshot(c: Client, name: str, volume_id: str) -> csi.Snapshot:
 
 async def test_capabilities_follow_the_snapshot_dir(disks: FakeDisks) -> None:
     disks.add("a", 64 * MIB)
-    plain = rawdisk_driver(disks, snapshots=False)
+    plain = rawdisk_driver(disks)
     try:
         plain.start()
         async with connect(plain.socket_path) as c:
@@ -90,7 +80,7 @@ async def test_capabilities_follow_the_snapshot_dir(disks: FakeDisks) -> None:
             await expect(Status.UNIMPLEMENTED, c.controller.create_snapshot(csi.CreateSnapshotRequest(
                 name="snap", source_volume_id=volume.volume_id)))
         plain.stop()
-        with_dir = rawdisk_driver(disks)
+        with_dir = rawdisk_driver(disks, snapshots=True)
         with_dir.start()
         try:
             async with connect(with_dir.socket_path) as c:
@@ -131,14 +121,7 @@ async def test_copy_of_a_published_volume_being_written(disks: FakeDisks, driver
         created = await copy.create()  # the restore (or, for a clone, the idempotent repeat)
         assert created.content_source == copy.source
         assert created.capacity_bytes == VOLUME_BYTES
-        await copy.stage(await copy.attach())
-        await copy.publish()
-        # Exactly what was there at the instant of the copy: every record written before the request,
-        # whole and in order; none written after the response.
-        assert copy.read() == PAYLOAD
-        count = records_in(copy.target / "log.bin")
-        assert before <= count <= after, (before, count, after)
-        await copy.down()
+        await check_copy_of_the_instant(copy, before, after)
         for entry in (await c.controller.list_snapshots(csi.ListSnapshotsRequest())).entries:
             assert entry.snapshot is not None
             await c.controller.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=entry.snapshot.snapshot_id))
@@ -183,13 +166,6 @@ async def test_list_paging_filters_and_error_codes(disks: FakeDisks, driver: Dri
         await expect(Status.NOT_FOUND, ctl.get_snapshot(csi.GetSnapshotRequest(snapshot_id=missing_snapshot)))
         await expect(Status.ABORTED, ctl.list_snapshots(csi.ListSnapshotsRequest(starting_token="bogus")))
 
-        def restore(name: str, source: csi.VolumeContentSource, size: int = 0,
-                    limit: int = 0) -> csi.CreateVolumeRequest:
-            request = create_request(name, size)
-            request.capacity_range = csi.CapacityRange(required_bytes=size, limit_bytes=limit)
-            request.volume_content_source = source
-            return request
-
         await expect(Status.NOT_FOUND, ctl.create_volume(restore("pvc-r1", from_snapshot(missing_snapshot))))
         await expect(Status.NOT_FOUND, ctl.create_volume(restore("pvc-r2", from_volume(missing_volume))))
         await expect(Status.OUT_OF_RANGE, ctl.create_volume(restore("pvc-r3", from_snapshot(one), 32 * MIB)))
@@ -230,11 +206,7 @@ async def test_delete_in_every_order_across_a_restart(disks: FakeDisks, driver: 
             restored = (await c.controller.create_volume(request)).volume
             assert restored is not None
             ids = {"volume": vol.volume_id, "snapshot": snap.snapshot_id, "restored": restored.volume_id}
-            for what in order:
-                if what == "snapshot":
-                    await c.controller.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=ids[what]))
-                else:
-                    await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=ids[what]))
+            await delete_in_order(c, ids, order)
             assert (await c.controller.list_snapshots(csi.ListSnapshotsRequest())).entries == []
             assert (await c.controller.list_volumes(csi.ListVolumesRequest())).entries == []
         assert_nothing_left(disks, driver)
