@@ -45,6 +45,21 @@ deleted or moved volume leaves no device-mapper device behind, and ``attach``/
 created inactive (``-an``) and linear ones, which lvcreate activates to zero
 their start, are deactivated right after.
 
+Commands. Every LVM command costs a process and a metadata scan (tens of ms on
+hardware, ~300 ms under TCG), so none runs unless LVM must change or only LVM
+can answer. An in-memory index (volume id → LV record) is loaded by one ``lvs``
+at start, refreshed by ``list_volumes`` and kept in step by our own create,
+delete, expand and tag changes; a miss asks LVM (another instance may have made
+the volume), and a command that finds the LV gone drops it. Whether an LV is
+active is never taken from the index: it is active while its device-mapper
+device exists (``/dev/<vg>/<lv>`` or its ``/dev/mapper`` node, a block device
+whose sysfs ``dm/name`` is the LV's). So ``device_path``, ``refresh_device_size``,
+``attach`` of an attached volume, ``detach`` of an active one (bar the
+``lvchange -an``) and Controller(Un)Publish (bar the tag change) ask LVM
+nothing. ``get_volume`` (its condition), ``list_volumes``, ``get_capacity``
+(``vgs`` or the thin budget) and the idempotency check of ``create_volume``
+stay real reads.
+
 Health. ``Volume.condition`` comes from ``lv_attr`` and ``lv_health_status``
 (a missing PV makes the LV partial; suspended or table-less devices; a thin
 pool out of data or metadata space).
@@ -71,6 +86,7 @@ of the whole volume; and a restored volume is always thin (asking for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -339,6 +355,28 @@ class LvmBackend:
             raise errors.VolumeNotFound(volume_id)
         return lv
 
+    async def _known(self, volume_id: str) -> LogicalVolume | None:
+        """Our LV for ``volume_id`` from the index; on a miss, from LVM (someone else may have made it).
+
+        The index holds what ``start``, ``list_volumes`` and our own changes last
+        saw. A hit is trusted for what only we change (name, tags, type); what can
+        change behind our back (activation, health) is never read from it.
+        """
+        if not is_volume_id(volume_id):
+            return None
+        lv = self._index.get(volume_id)
+        return lv if lv is not None else await self._lookup(volume_id)
+
+    async def _change_tags(self, lv: LogicalVolume, add: list[str], delete: list[str]) -> None:
+        """Change our tags on ``lv`` and keep the index in step without asking LVM again."""
+        try:
+            await self._lvm.change_tags(self._vg, lv.name, add=add, delete=delete)
+        except LogicalVolumeNotFound as exc:
+            self._index.pop(lv.name, None)
+            raise errors.VolumeNotFound(lv.name) from exc
+        kept = tuple(tag for tag in lv.tags if tag not in delete)
+        self._index[lv.name] = dataclasses.replace(lv, tags=kept + tuple(t for t in add if t not in kept))
+
     # controller -----------------------------------------------------------
     def _size_for(self, spec: VolumeSpec) -> int:
         minimum = MIN_FS_BYTES.get(spec.fs_type, self._extent)
@@ -491,7 +529,7 @@ class LvmBackend:
             )
 
     async def delete_volume(self, volume_id: str) -> None:
-        lv = await self._lookup(volume_id)
+        lv = await self._known(volume_id)
         if lv is None:
             return
         with contextlib.suppress(LogicalVolumeNotFound):
@@ -552,7 +590,9 @@ class LvmBackend:
         return grown.size_bytes
 
     async def publish_volume(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
-        lv = await self._require(volume_id)
+        lv = await self._known(volume_id)
+        if lv is None:
+            raise errors.VolumeNotFound(volume_id)
         if node_id != self._node_id:
             raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
         nodes = tuple(decode_tags(lv.tags, TAG_PUBLISHED))
@@ -561,12 +601,11 @@ class LvmBackend:
             add = [encode_tag(TAG_PUBLISHED, node_id)]
             if readonly:
                 add.append(encode_tag(TAG_READONLY, node_id))
-            await self._lvm.change_tags(self._vg, volume_id, add=add)
-            await self._lookup(volume_id)
+            await self._change_tags(lv, add=add, delete=[])
         return {}
 
     async def unpublish_volume(self, volume_id: str, node_id: str) -> None:
-        lv = await self._lookup(volume_id)
+        lv = await self._known(volume_id)
         if lv is None:
             return
         keys = (f"{TAG_PUBLISHED}=", f"{TAG_PUBLISHED}.hex=", f"{TAG_READONLY}=", f"{TAG_READONLY}.hex=")
@@ -576,40 +615,60 @@ class LvmBackend:
             and (not node_id or node_id in decode_tags([tag], TAG_PUBLISHED) + decode_tags([tag], TAG_READONLY))
         ]  # fmt: skip
         if stale:
-            await self._lvm.change_tags(self._vg, volume_id, delete=stale)
-            await self._lookup(volume_id)
+            with contextlib.suppress(errors.VolumeNotFound):
+                await self._change_tags(lv, add=[], delete=stale)
 
     # node -------------------------------------------------------------------
+    # No LVM command unless LVM must change: the index names our volumes, and
+    # whether an LV is active is read from its device-mapper device (sysfs).
     async def attach(self, volume_id: str, readonly: bool) -> str:
-        lv = await self._require(volume_id)
-        if not lv.active:
+        lv = await self._known(volume_id)
+        if lv is None:
+            raise errors.VolumeNotFound(volume_id)
+        device = await self._lvm.active_device(self._vg, volume_id)
+        if device is not None:
+            return device
+        try:
             await self._lvm.activate(self._vg, volume_id)
+        except LogicalVolumeNotFound as exc:
+            self._index.pop(volume_id, None)
+            raise errors.VolumeNotFound(volume_id) from exc
+        logger.info("activated LV {vg}/{id}", vg=self._vg, id=volume_id)
+        device = await self._lvm.active_device(self._vg, volume_id)
+        return device if device is not None else await self._unusual_device(volume_id)
+
+    async def _unusual_device(self, volume_id: str) -> str:
+        """Activation left no device we recognise: ask LVM (a skip flag, or missing /dev nodes)."""
+        lv = await self._require(volume_id)
+        if not lv.active and lv.activation_skip:
+            await self._lvm.activate_skipped(self._vg, volume_id)
             lv = await self._require(volume_id)
-            if not lv.active and lv.activation_skip:
-                await self._lvm.activate_skipped(self._vg, volume_id)
-                lv = await self._require(volume_id)
-            logger.info("activated LV {vg}/{id}", vg=self._vg, id=volume_id)
         return await self._lvm.device_node(lv)
 
     async def device_path(self, volume_id: str) -> str | None:
-        lv = await self._lookup(volume_id)
-        if lv is None or not lv.active:
+        if await self._known(volume_id) is None:
             return None
-        for path in (lv.path, lv.dm_path):
-            if path and await anyio.Path(path).exists():
-                return path
-        return None
+        return await self._lvm.active_device(self._vg, volume_id)
 
     async def detach(self, volume_id: str) -> None:
-        lv = await self._lookup(volume_id)
-        if lv is None or not lv.active:
+        lv = await self._known(volume_id)
+        if lv is None:
             return
-        for path in (lv.path, lv.dm_path):
-            users = await paths.device_in_use(path) if path else []
+        device = await self._lvm.active_device(self._vg, volume_id)
+        if device is None:
+            # Usually a retry; rarely an active LV whose /dev nodes are gone: only LVM can tell.
+            lv = await self._lookup(volume_id)
+            if lv is None or not lv.active:
+                return
+        for path in dict.fromkeys(p for p in (device, lv.path, lv.dm_path) if p):
+            users = await paths.device_in_use(path)
             if users:
                 raise errors.VolumeInUse(f"{path} of volume {volume_id} is still mounted at {', '.join(users)}")
-        await self._lvm.deactivate(self._vg, volume_id)
-        await self._lookup(volume_id)
+        try:
+            await self._lvm.deactivate(self._vg, volume_id)
+        except LogicalVolumeNotFound:
+            self._index.pop(volume_id, None)
+            return
         logger.info("deactivated LV {vg}/{id}", vg=self._vg, id=volume_id)
 
     async def refresh_device_size(self, volume_id: str) -> int:

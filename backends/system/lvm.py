@@ -29,7 +29,9 @@ Exit 3 (command line rejected) becomes InvalidArgument; anything else stays the
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -245,6 +247,27 @@ def parse_report(text: str, kind: str) -> list[Mapping[str, str]]:
         raise errors.SystemFailure(f"unreadable LVM {kind} report: {text[:200]!r}") from exc
 
 
+def dm_name(vg: str, lv: str) -> str:
+    """The device-mapper name LVM gives ``vg/lv`` (each ``-`` doubled, then joined by ``-``)."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def _is_dm_device(path: str, name: str, sys_root: str) -> bool:
+    """Whether ``path`` is a block device whose device-mapper name (sysfs) is ``name``."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISBLK(info.st_mode):
+        return False
+    number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+    try:
+        with open(f"{sys_root}/dev/block/{number}/dm/name", encoding="utf-8") as file:
+            return file.read().strip() == name
+    except OSError:
+        return False
+
+
 def size_arg(size_bytes: int) -> str:
     return f"{size_bytes}b"
 
@@ -252,9 +275,13 @@ def size_arg(size_bytes: int) -> str:
 class Lvm:
     """The LVM commands the backends need, each one call to a tool."""
 
-    def __init__(self, runner: Runner, *, config: str = CONTAINER_CONFIG) -> None:
+    def __init__(
+        self, runner: Runner, *, config: str = CONTAINER_CONFIG, dev_root: str = "/dev", sys_root: str = "/sys"
+    ) -> None:
         self.runner = runner
         self.config = config
+        self.dev_root = dev_root
+        self.sys_root = sys_root
 
     async def run(self, tool: str, args: Sequence[str], *, timeout: float = LVM_TIMEOUT) -> Result:  # noqa: ASYNC109
         """Run ``tool`` (an LVM command such as ``lvs``) with our ``--config`` and classify failures."""
@@ -340,6 +367,21 @@ class Lvm:
         args = [*_tag_args("--addtag", add), *_tag_args("--deltag", delete)]
         if args:
             await self.run("lvchange", ["-q", *args, "--", f"{vg}/{name}"])
+
+    # devices, without LVM ---------------------------------------------------
+    async def active_device(self, vg: str, name: str) -> str | None:
+        """The device node of ``vg/name`` when it is active now, found with no LVM command.
+
+        An LV is active exactly while its device-mapper device exists. Its
+        ``/dev/<vg>/<lv>`` link, else its ``/dev/mapper`` node, counts only when
+        it is a block device whose sysfs ``dm/name`` is that LV's (a stale node
+        of another device never passes).
+        """
+        mapped = dm_name(vg, name)
+        for path in (f"{self.dev_root}/{vg}/{name}", f"{self.dev_root}/mapper/{mapped}"):
+            if await anyio.to_thread.run_sync(_is_dm_device, path, mapped, self.sys_root):
+                return path
+        return None
 
     async def device_node(self, lv: LogicalVolume) -> str:
         """The block device of an active LV: ``/dev/<vg>/<lv>``, made if missing.

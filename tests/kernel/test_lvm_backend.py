@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 from backends import errors, node
 from backends.base import ContentSource, SourceKind, VolumeSpec
 from backends.lvm import PARAM_TYPE, LvmBackend
-from backends.system.runner import Runner
+from backends.system.runner import Result, Runner
 from tests.kernel.lvmtools import VolumeGroup, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio]
@@ -120,6 +120,52 @@ async def test_filesystem_survives_detach_and_grows_online(
     await backend.delete_volume(volume.volume_id)
     assert volume.volume_id not in our_lvs(lvm_vg.name)
     assert volume.volume_id.replace("-", "--") not in dm_devices()
+
+
+class CountingRunner:
+    """Runs commands through ``inner`` and keeps the name of each tool run."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.tools: list[str] = []
+
+    async def run(
+        self, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True, stdin: bytes | None = None
+    ) -> Result:
+        self.tools.append(argv[0])
+        return await self.inner.run(argv, timeout=timeout, check=check, stdin=stdin)
+
+
+async def test_the_node_path_runs_lvm_only_to_change_it(lvm_vg: VolumeGroup, runner: Runner) -> None:
+    counting = CountingRunner(runner)
+    backend = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, counting)
+    await backend.start()
+    volume = await backend.create_volume(spec("pvc-node-path", 12 * MIB, "thick"))
+    await backend.publish_volume(volume.volume_id, "node-a", readonly=False)
+    target = tempfile.mkdtemp(prefix="lvm-mnt-")
+    try:
+        counting.tools.clear()
+        assert await backend.device_path(volume.volume_id) is None
+        device = await backend.attach(volume.volume_id, readonly=False)
+        assert counting.tools == ["lvchange"], "NodeStage: one activation, no lvs"
+        await node.ensure_formatted(runner, device, "ext4")
+        await node.ensure_mounted(device, target, "ext4")
+        counting.tools.clear()
+        assert await backend.device_path(volume.volume_id) == device
+        assert await backend.attach(volume.volume_id, readonly=False) == device
+        assert await backend.publish_volume(volume.volume_id, "node-a", readonly=False) == {}
+        with pytest.raises(errors.VolumeInUse):
+            await backend.detach(volume.volume_id)
+        assert counting.tools == [], "a staged volume needs no LVM command"
+        await node.ensure_unmounted(target, remove=False)
+        await backend.detach(volume.volume_id)
+        assert counting.tools == ["lvchange"], "NodeUnstage: one deactivation, no lvs"
+        assert our_lvs(lvm_vg.name)[volume.volume_id][4] == "-"
+        assert await backend.device_path(volume.volume_id) is None
+    finally:
+        await node.ensure_unmounted(target)
+        await backend.detach(volume.volume_id)
+        await backend.delete_volume(volume.volume_id)
 
 
 async def test_thin_capacity_follows_the_overprovisioning_ratio(lvm_vg: VolumeGroup, runner: Runner) -> None:
