@@ -103,11 +103,16 @@ async def teardown(node: ScratchNode) -> None:
 
 
 def force_clean(root: Path) -> None:
-    """Unmount everything under ``root`` (deepest first), detach its loop devices, remove it."""
+    """Unmount everything under ``root`` (deepest first), detach its loop devices, remove it.
+
+    The loop devices are found first: once a lazy unmount detaches the filesystem their files live on, the
+    kernel names those files relative to it (``/volumes/...``) and they no longer look like ours.
+    """
+    loops = host.loops_backed_under(root)
     for point in sorted(set(host.mounts_under(root)), key=len, reverse=True):
         for _ in range(host.mount_count(Path(point))):
             host.run(["umount", "-l", point], check=False)
-    for info in host.loops_backed_under(root):
+    for info in loops:
         host.run(["losetup", "-d", info.device], check=False)
     if not host.mounts_under(root):
         shutil.rmtree(root, ignore_errors=True)
