@@ -71,7 +71,7 @@ from backends.base import (
     snapshot_id_for,
 )
 from backends.faults import fault_point
-from backends.metadata import fsync_directory, load_record, write_record
+from backends.metadata import fsync_directory, fsync_path, load_record, write_record
 from backends.snapshots import SCHEMA as SNAPSHOT_SCHEMA
 from backends.snapshots import SnapshotRecord as BaseSnapshotRecord
 from backends.system import loop, reflink
@@ -191,14 +191,6 @@ class SnapshotRecord(BaseSnapshotRecord):
 
     def extras_to_json(self) -> dict[str, Any]:
         return {"method": self.method, "block_size": self.block_size}
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:
@@ -485,7 +477,7 @@ class LoopfileBackend:
             fault_point("create.after_image")
             write_record(self._meta(record.volume_id), replace(record, state=READY).to_json(), sync_directory=False)
             fault_point("create.after_meta")
-            _fsync_file(pending)
+            fsync_path(pending)
             os.rename(pending, image)
             fsync_directory(self._dir)
             fault_point("create.after_ready")

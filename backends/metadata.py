@@ -58,11 +58,16 @@ def _replace_atomically(directory: str, path: str, data: bytes, sync_directory: 
 
 
 def fsync_directory(directory: str) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_path(directory, os.O_DIRECTORY)
+
+
+def fsync_path(path: str, flags: int = 0) -> None:
+    """fsync the file (or, with ``os.O_DIRECTORY``, the directory) at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 def load_record(path: str, schema: int, migrations: Mapping[int, Migration] | None = None) -> dict[str, Any]:
