@@ -36,6 +36,24 @@ async def _step(runner: ProcessRunner, rec: Recorder, name: str, argv: list[str]
     return result.stdout.strip()
 
 
+async def _format_and_mount(runner: ProcessRunner, rec: Recorder, device: str, fs_type: str, *, staging: str,
+                            target: str, mounted: list[str]) -> None:
+    """mkfs, mount at ``staging``, bind onto ``target``: what NodeStage and NodePublish do; records ``mounted``."""
+    await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
+    await _step(runner, rec, "mount", ["mount", "-t", fs_type, device, staging])
+    mounted.append(staging)
+    await _step(runner, rec, "mount --bind", ["mount", "--bind", staging, target])
+    mounted.append(target)
+
+
+async def _unmount(runner: ProcessRunner, rec: Recorder, *, staging: str, target: str, mounted: list[str]) -> None:
+    """The two unmounts of NodeUnpublish and NodeUnstage."""
+    await _step(runner, rec, "umount target", ["umount", target])
+    mounted.remove(target)
+    await _step(runner, rec, "umount staging", ["umount", staging])
+    mounted.remove(staging)
+
+
 async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, size: int) -> None:
     image = os.path.join(root, "image.img")
     staging = os.path.join(root, "staging")
@@ -49,17 +67,10 @@ async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, si
         await _step(runner, rec, "fallocate", ["fallocate", "-l", str(size), image])
         device = await _step(runner, rec, "losetup", ["losetup", "--direct-io=on", "--sector-size",
                                                       str(LOGICAL_BLOCK_BYTES), "-f", "--show", image])
-        await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
-        await _step(runner, rec, "mount", ["mount", "-t", fs_type, device, staging])
-        mounted.append(staging)
-        await _step(runner, rec, "mount --bind", ["mount", "--bind", staging, target])
-        mounted.append(target)
+        await _format_and_mount(runner, rec, device, fs_type, staging=staging, target=target, mounted=mounted)
         rec.add("up (bare)", time.perf_counter() - started)
         started = time.perf_counter()
-        await _step(runner, rec, "umount target", ["umount", target])
-        mounted.remove(target)
-        await _step(runner, rec, "umount staging", ["umount", staging])
-        mounted.remove(staging)
+        await _unmount(runner, rec, staging=staging, target=target, mounted=mounted)
         await _step(runner, rec, "losetup -d", ["losetup", "-d", device])
         device = ""
         await _step(runner, rec, "rm", ["rm", "-f", image])
@@ -88,17 +99,10 @@ async def _one_lvm(runner: ProcessRunner, rec: Recorder, root: str, vg: str, *, 
     try:
         await _step(runner, rec, "lvcreate", ["lvcreate", "-q", "-y", "-L", f"{size}b", "-n", name, vg])
         created = True
-        await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
-        await _step(runner, rec, "mount", ["mount", "-t", fs_type, device, staging])
-        mounted.append(staging)
-        await _step(runner, rec, "mount --bind", ["mount", "--bind", staging, target])
-        mounted.append(target)
+        await _format_and_mount(runner, rec, device, fs_type, staging=staging, target=target, mounted=mounted)
         rec.add("up (bare)", time.perf_counter() - started)
         started = time.perf_counter()
-        await _step(runner, rec, "umount target", ["umount", target])
-        mounted.remove(target)
-        await _step(runner, rec, "umount staging", ["umount", staging])
-        mounted.remove(staging)
+        await _unmount(runner, rec, staging=staging, target=target, mounted=mounted)
         await _step(runner, rec, "lvremove", ["lvremove", "-q", "-f", f"{vg}/{name}"])
         created = False
         rec.add("down (bare)", time.perf_counter() - started)
