@@ -84,14 +84,27 @@ async def _mounts_of(device: str, *, with_binds: bool) -> list[str]:
     if not rdev:
         return []
     wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
-    node_name = "/" + os.path.basename(device)
+    node_names = _devtmpfs_names(device)
     found = []
     for entry in await mnt.mounts():
         bind = entry.fs_type == "devtmpfs"
         if (entry.major_minor == wanted and not bind) or (with_binds and bind and (
-                entry.major_minor == wanted or entry.root == node_name)):
+                entry.major_minor == wanted or entry.root in node_names)):
             found.append(entry.mount_point)
     return found
+
+
+def _devtmpfs_names(device: str) -> set[str]:
+    """How a bind of ``device``'s node shows in mountinfo: its path inside devtmpfs (mountinfo's root).
+
+    A bind follows symlinks, so ``/dev/<vg>/<lv>`` (a link to ``../dm-3``) is bound as ``/dm-3``: the
+    resolved node counts as well as the name given.
+    """
+    names = {"/" + os.path.basename(device)}
+    resolved = os.path.realpath(device)
+    if resolved.startswith("/dev/"):
+        names.add(resolved[len("/dev"):])
+    return names
 
 
 async def thaw_after_crash(device: str | None, volume_id: str) -> None:

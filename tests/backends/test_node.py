@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import node
+from backends import node, paths
 from backends.errors import DeviceNotBlank, InvalidArgument, PreconditionFailed, VolumeInUse
 from backends.system import loop, mkfs, stats
 from backends.system import mount as mnt
@@ -260,3 +260,23 @@ async def test_ensure_filesystem_grown(scratch: Path, loops: LoopFactory) -> Non
     assert await node.ensure_filesystem_grown(RUNNER, device, str(target), "xfs")
     assert not await node.ensure_filesystem_grown(RUNNER, device, str(target), "xfs")
     assert (await stats.filesystem_stats(str(target))).total_bytes > before.total_bytes + 300 * MIB
+
+
+async def test_a_bind_of_a_device_reached_through_a_link_counts_as_a_user(scratch: Path, loops: LoopFactory) -> None:
+    """lvm hands out /dev/<vg>/<lv>, a link to /dev/dm-N: binds of it must still be seen (single-writer, detach)."""
+    device = await _device(scratch, loops)
+    link_dir = Path("/dev") / f"localcsi-test-{os.getpid()}"
+    link_dir.mkdir()
+    link = link_dir / "volume"
+    link.symlink_to(os.path.relpath(device, link_dir))
+    target = scratch / "pods" / "c" / "dev"
+    try:
+        await node.ensure_bind_mounted(str(link), str(target), block=True)
+        assert await paths.device_in_use(str(link)) == [str(target)]
+        assert await paths.device_in_use(device) == [str(target)]
+        assert await paths.filesystem_mounts(str(link)) == []
+    finally:
+        await node.ensure_unmounted(str(target))
+        link.unlink()
+        link_dir.rmdir()
+    assert await paths.device_in_use(str(link)) == []
