@@ -191,7 +191,15 @@ class Backend(Protocol):
         """Remove a volume and everything it owns; absent is success."""
 
     async def get_volume(self, volume_id: str) -> Volume:
-        """Raise ``VolumeNotFound`` when absent."""
+        """Raise ``VolumeNotFound`` when absent. The condition is read fresh (it may cost I/O or a command)."""
+
+    async def require_volume(self, volume_id: str) -> None:
+        """Raise ``VolumeNotFound`` when absent; nothing else. The node calls' existence check, answered from
+        the backend's index without I/O whenever the volume is known (a miss may ask the storage)."""
+
+    async def reads_as_zeros(self, volume_id: str) -> bool:
+        """True only when every byte of the volume provably reads as zero now, so formatting it loses nothing
+        (NodeStage then skips the content probe). False whenever unsure: the probe decides."""
 
     async def list_volumes(self) -> list[Volume]:
         """Every volume, sorted by id, from the in-memory index."""

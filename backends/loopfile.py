@@ -213,6 +213,25 @@ def parse_parameters(parameters: Mapping[str, str]) -> bool:
     return thin
 
 
+
+def holds_no_data(path: str) -> bool:
+    """True when the file at ``path`` has no data extent anywhere (every byte reads as zero).
+
+    A filesystem without ``SEEK_DATA`` support reports the whole file as data, and any error is False: only
+    a definite "no data" counts.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        return exc.errno == errno.ENXIO
+    finally:
+        os.close(fd)
+    return False
+
 class LoopfileBackend:
     """Volumes as image files on a local filesystem, attached as direct-I/O loop devices."""
 
@@ -670,6 +689,17 @@ class LoopfileBackend:
         if record is None:
             raise errors.VolumeNotFound(volume_id)
         return record.to_volume(await self._condition(record))
+
+    async def require_volume(self, volume_id: str) -> None:
+        if volume_id not in self._records:
+            raise errors.VolumeNotFound(volume_id)
+
+    async def reads_as_zeros(self, volume_id: str) -> bool:
+        """The image holds no data at all: ``SEEK_DATA`` from offset 0 finds none (holes and unwritten
+        extents read as zeros; data still in the page cache counts as data)."""
+        if volume_id not in self._records:
+            return False
+        return await anyio.to_thread.run_sync(holds_no_data, self._image(volume_id))
 
     async def list_volumes(self) -> list[Volume]:
         return [self._records[k].to_volume() for k in sorted(self._records)]

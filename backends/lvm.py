@@ -542,6 +542,13 @@ class LvmBackend:
         pool = await self._lvm.logical_volume(self._vg, lv.pool_lv) if lv.thin and lv.pool_lv else None
         return to_volume(lv, condition_of(lv, pool))
 
+    async def require_volume(self, volume_id: str) -> None:
+        if await self._known(volume_id) is None:
+            raise errors.VolumeNotFound(volume_id)
+
+    async def reads_as_zeros(self, volume_id: str) -> bool:
+        return False  # telling would take an lvs (thin: nothing mapped); the probe is cheaper
+
     async def list_volumes(self) -> list[Volume]:
         """Every volume as LVM has it now, each with its condition (its thin pool's included).
 

@@ -50,12 +50,18 @@ def _mode(readonly: bool) -> str:
     return "read-only" if readonly else "read-write"
 
 
-async def ensure_formatted(runner: Runner, device: str, fs_type: str, *, mkfs_options: Sequence[str] = ()) -> bool:
-    """Make sure ``device`` holds a ``fs_type`` filesystem; True when it formatted it."""
+async def ensure_formatted(runner: Runner, device: str, fs_type: str, *, mkfs_options: Sequence[str] = (),
+                           known_zeros: bool = False) -> bool:
+    """Make sure ``device`` holds a ``fs_type`` filesystem; True when it formatted it.
+
+    ``known_zeros``: the backend has proved the device reads as zeros everywhere (it holds nothing to lose),
+    so the content probe is skipped; without that proof a device is formatted only when the probe finds it
+    clearly blank.
+    """
     mkfs.mkfs_argv(device, fs_type, mkfs_options)  # unknown type / bad options: fail before probing
     await _require_block_device(device)
-    found = await blkid.probe(runner, device)
-    if found.blank:
+    found = None if known_zeros else await blkid.probe(runner, device)
+    if found is None or found.blank:
         await mkfs.make_filesystem(runner, device, fs_type, options=mkfs_options)
         fault_point("stage.after_mkfs")
         return True

@@ -556,6 +556,13 @@ class RawdiskBackend:
             raise errors.VolumeNotFound(volume_id)
         return entry.to_volume()
 
+    async def require_volume(self, volume_id: str) -> None:
+        if volume_id not in self._volumes:
+            raise errors.VolumeNotFound(volume_id)
+
+    async def reads_as_zeros(self, volume_id: str) -> bool:
+        return False  # a disk's contents are whatever it holds: the probe always decides
+
     async def list_volumes(self) -> list[Volume]:
         return [self._volumes[k].to_volume() for k in sorted(self._volumes)]
 

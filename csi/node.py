@@ -59,12 +59,12 @@ class NodeService(Servicer, csi.NodeBase):
         self._check_publish_context(message.publish_context)
         backend = self.ctx.backend
         with self.ctx.locks.hold(volume_id):
-            await backend.get_volume(volume_id)
+            await backend.require_volume(volume_id)
             was_attached = await backend.device_path(volume_id) is not None
             device = await backend.attach(volume_id, readonly=access.read_only)
             fault_point("stage.after_attach")
             try:
-                await self._stage(device, staging, access)
+                await self._stage(volume_id, device, staging, access, fresh=not was_attached)
             except BaseException:
                 if not was_attached:
                     with anyio.CancelScope(shield=True):
@@ -72,13 +72,16 @@ class NodeService(Servicer, csi.NodeBase):
                 raise
         return csi.NodeStageVolumeResponse()
 
-    async def _stage(self, device: str, staging: str, access: v.RequestedAccess) -> None:
+    async def _stage(self, volume_id: str, device: str, staging: str, access: v.RequestedAccess, *,
+                     fresh: bool) -> None:
+        """``fresh``: this call attached the device, so nothing has used it since."""
         try:
             if access.access_type is AccessType.BLOCK:
                 await node.ensure_bind_mounted(device, block_path(staging), readonly=access.read_only, block=True)
                 return
             if not access.read_only:
-                await node.ensure_formatted(self.runner, device, access.fs_type)
+                zeros = fresh and await self.ctx.backend.reads_as_zeros(volume_id)
+                await node.ensure_formatted(self.runner, device, access.fs_type, known_zeros=zeros)
             mounted = await node.ensure_mounted(device, staging, access.fs_type, options=access.mount_flags,
                                                 readonly=access.read_only)
             try:
@@ -129,7 +132,7 @@ class NodeService(Servicer, csi.NodeBase):
         block = access.access_type is AccessType.BLOCK
         source = block_path(staging) if block else staging
         with self.ctx.locks.hold(volume_id):
-            await self.ctx.backend.get_volume(volume_id)
+            await self.ctx.backend.require_volume(volume_id)
             if await paths.mounted_device(source) is None:
                 raise errors.PreconditionFailed(f"volume {volume_id} is not staged at {staging}")
             if access.single_writer:
@@ -196,7 +199,7 @@ class NodeService(Servicer, csi.NodeBase):
             self._access(message.volume_capability)
         backend = self.ctx.backend
         with self.ctx.locks.hold(volume_id):
-            await backend.get_volume(volume_id)
+            await backend.require_volume(volume_id)
             if not await anyio.Path(path).exists():
                 raise errors.NotFound(f"volume path {path} does not exist")
             if required:

@@ -95,6 +95,7 @@ async def started(scratch: Path) -> tuple[LvmBackend, FakeRunner, FakeDeviceMapp
 async def test_a_staged_volume_answers_node_calls_without_lvm(scratch: Path) -> None:
     backend, runner, dm = await started(scratch)
     dm.activate(THICK)
+    await backend.require_volume(THICK)  # NodeStage, NodePublish and NodeExpand's existence check
     assert await backend.device_path(THICK) == str(dm.node(THICK))
     assert await backend.attach(THICK, readonly=False) == str(dm.node(THICK))  # a second NodeStage
     assert await backend.publish_volume(THICK, "node-a", readonly=False) == {}  # already published there
@@ -132,14 +133,27 @@ async def test_unpublish_changes_the_tag_and_the_index_without_rereading(scratch
     assert runner.calls == []
 
 
-async def test_an_index_miss_asks_lvm() -> None:
-    records = load("create-delete.jsonl")
+async def replayed(recording: str) -> tuple[LvmBackend, FakeRunner]:
+    """A backend started from a recording, its start-up commands forgotten."""
+    records = load(recording)
     runner = Replay(records).runner()
     backend = LvmBackend("node-a", recorded_vg(records), "pool", runner)
     await backend.start()
     runner.calls.clear()
+    return backend, runner
+
+
+async def test_an_index_miss_asks_lvm() -> None:
+    backend, runner = await replayed("create-delete.jsonl")
     # Not in the index (made by another instance, or never): one lvs decides, and LVM says it is not there.
     assert await backend.device_path(volume_id_for("pvc-thick")) is None
+    assert [argv[0] for argv in runner.calls] == ["lvs"]
+
+
+async def test_the_existence_check_asks_lvm_only_on_an_index_miss() -> None:
+    backend, runner = await replayed("create-delete.jsonl")
+    with pytest.raises(errors.VolumeNotFound):
+        await backend.require_volume(volume_id_for("pvc-thick"))
     assert [argv[0] for argv in runner.calls] == ["lvs"]
 
 

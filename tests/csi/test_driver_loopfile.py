@@ -482,3 +482,20 @@ async def test_a_stage_failing_after_its_mount_undoes_the_mount_and_the_attach(
     finally:
         proc.kill9()
         force_cleanup(proc.kubelet_dir, proc.data_dir)
+
+
+async def test_an_image_written_behind_the_drivers_back_is_never_formatted(driver: DriverProcess) -> None:
+    """NodeStage skips its content probe only for an image with no data at all; anything written counts."""
+    async with connect(driver.socket_path) as c:
+        vol = Lifecycle(c, driver, "pvc-foreign", mount_cap("xfs"), 320 * MIB)
+        await vol.create()
+        image = driver.data_dir / f"{vol.volume_id}.img"
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)  # someone else's filesystem
+        error = await expect(Status.FAILED_PRECONDITION, vol.stage(await vol.attach()))
+        assert "ext4" in (error.message or "")
+        probe = subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", str(image)], capture_output=True,
+                               text=True)
+        assert probe.stdout.strip() == "ext4"
+        await vol.detach()
+        await vol.delete()
+    assert_no_leaks(driver)

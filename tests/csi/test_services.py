@@ -72,6 +72,12 @@ class ScriptedBackend:
         except KeyError:
             raise errors.VolumeNotFound(volume_id) from None
 
+    async def require_volume(self, volume_id: str) -> None:
+        await self.get_volume(volume_id)
+
+    async def reads_as_zeros(self, volume_id: str) -> bool:
+        return False
+
     async def list_volumes(self) -> list[Volume]:
         return [self.volumes[k] for k in sorted(self.volumes)]
 
