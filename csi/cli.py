@@ -104,6 +104,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
 def run_serve(args: argparse.Namespace) -> int:
     import backends
     from backends.system.runner import ProcessRunner
+    from csi import memory
     from csi.config import DriverConfig, Mode
     from csi.metrics import parse_address
     from csi.server import DriverServer, Endpoint
@@ -131,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
         version=package_version(),
     )
     runner = ProcessRunner(prefix=config.backend_options["command_prefix"])  # type: ignore[arg-type]
+    memory.limit_arenas()
     try:
         factory = backends.factory(config.backend)
         backend = factory(node_id=node_id, options=config.backend_options, runner=runner) if mode.has_storage else None
@@ -175,17 +177,19 @@ def fail(message: str) -> int:
     return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from csi import bench, ctl
-
+def build_parser(command: str = "") -> argparse.ArgumentParser:
+    """The whole CLI; for ``command == "serve"`` only serve's options, so the driver never imports the client
+    tools (bench, ctl, disks) and their dependencies."""
     parser = argparse.ArgumentParser(prog="localcsi", description="CSI driver for Kubernetes local storage")
     parser.add_argument("--version", action="version", version=f"localcsi {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve(sub)
+    if command == "serve":
+        return parser
+    from csi import bench, ctl, disks
+
     ctl.add_parser(sub)
     bench.add_parser(sub)
-    from csi import disks
-
     disks.add_parser(sub)
     return parser
 
@@ -202,8 +206,9 @@ def keep_pydantic_out(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    keep_pydantic_out(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    args_given = list(sys.argv[1:] if argv is None else argv)
+    keep_pydantic_out(args_given)
+    parser = build_parser(args_given[0] if args_given else "")
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     if args.command == "serve":

@@ -28,7 +28,7 @@ from loguru import logger
 from backends import errors
 from backends.base import Backend, Features
 from backends.system.runner import Runner
-from csi import wire
+from csi import memory, wire
 from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
 from csi.controller import ControllerService
@@ -153,6 +153,7 @@ class DriverServer:
                 if self.metrics is not None:  # up before the socket answers, so a ready driver is observable
                     await tg.start(self.metrics.serve, self.config.metrics_address)
                 server = await self._listen()
+                memory.release_unused()
                 try:
                     if handle_signals:
                         tg.start_soon(self._wait_for_signal)

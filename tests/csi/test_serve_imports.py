@@ -1,4 +1,5 @@
-"""What a serving driver keeps out of memory: pydantic always, prometheus_client unless metrics are on.
+"""What a serving driver keeps out of memory: pydantic always, prometheus_client unless metrics are on, and
+the client tools (bench, ctl, disks).
 
 Each check runs in a fresh interpreter: this test process has imported both long ago.
 """
@@ -12,8 +13,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+WATCHED = ("pydantic", "prometheus_client", "csi.bench", "csi.ctl", "csi.disks")
+
+
 def _loaded_after(code: str) -> set[str]:
-    probe = code + "\nimport sys\nprint(' '.join(sorted(m for m in ('pydantic', 'prometheus_client') " \
+    probe = code + f"\nimport sys\nprint(' '.join(sorted(m for m in {WATCHED!r} " \
                    "if sys.modules.get(m) is not None)))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=True)
@@ -24,7 +28,7 @@ def test_serve_imports_neither_pydantic_nor_prometheus_without_metrics() -> None
     loaded = _loaded_after(
         "from csi import cli\n"
         "cli.keep_pydantic_out(['serve'])\n"
-        "cli.build_parser()\n"
+        "cli.build_parser('serve')\n"
         "import csi.server\n"
         "from csi.gen.csi import v1 as csi\n"
         "csi.CreateVolumeRequest.parse(bytes(csi.CreateVolumeRequest(name='x')))\n"
@@ -59,3 +63,8 @@ def test_metrics_import_prometheus_client_when_used() -> None:
         "DriverMetrics(None, driver='d', backend_name='b', version='v')\n"
     )
     assert "prometheus_client" in loaded
+
+
+def test_the_other_commands_still_parse() -> None:
+    loaded = _loaded_after("from csi import cli\ncli.build_parser('bench').parse_args(['ctl', 'info'])\n")
+    assert {"csi.bench", "csi.ctl", "csi.disks"} <= loaded
