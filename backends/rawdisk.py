@@ -39,6 +39,7 @@ capabilities advertised. Every copy costs the source's full size in I/O time.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -62,7 +63,7 @@ from backends.base import (
     snapshot_id_for,
 )
 from backends.faults import fault_point
-from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, inspect_one, scan
+from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, exclude_duplicate_claims, inspect_one, scan
 from backends.rawdisk_snapshots import CREATING, READY, SnapshotRecord, SnapshotStore, check_snapshot_parameters
 from backends.system import blockcopy, disks, gpt, loop, reflink, uevents
 from backends.system.runner import Runner, require_tools
@@ -164,7 +165,11 @@ class RawdiskBackend:
         #: Volume ids being claimed or deleted right now.
         self._pending: set[str] = set()
         self._dirty = anyio.Event()
+        #: Since the last rescan: a hotplug asked for a whole rescan, or these devices changed.
+        self._hotplugged = False
+        self._changed: set[str] = set()
         self._scans = 0
+        self._disk_reads = 0
         self._tg: TaskGroup | None = None
         self._features = Features(block=True, filesystem=True, expansion=False,
                                   snapshots=self._snapshots is not None, clones=True,
@@ -180,8 +185,13 @@ class RawdiskBackend:
 
     @property
     def scans(self) -> int:
-        """How many inventory scans have completed (tests wait on it)."""
+        """How many whole inventory scans have completed (tests wait on it)."""
         return self._scans
+
+    @property
+    def disk_reads(self) -> int:
+        """How many single-disk re-reads (after change uevents) have completed."""
+        return self._disk_reads
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -220,8 +230,23 @@ class RawdiskBackend:
         async with self._lock:
             await self._rescan_locked()
 
-    async def _rescan_locked(self) -> None:
-        found = await scan(self._runner, self._patterns, min_bytes=self._min_bytes)
+    async def rescan_disks(self, devices: set[str]) -> None:
+        """Re-read only ``devices`` (real paths): those on the allow-list are read again, a known disk no longer
+        on it leaves the inventory, any other device is ignored. A disk being claimed or wiped is left to the
+        call that reserved it, which records its outcome."""
+        async with self._lock:
+            only = {d for d in devices if d not in self._reserved}
+            if only:
+                await self._rescan_locked(only)
+
+    async def _rescan_locked(self, only: set[str] | None = None) -> None:
+        found = await scan(self._runner, self._patterns, min_bytes=self._min_bytes, only=only)
+        if only is not None:
+            fresh = {d.real_path: d for d in found}
+            kept = [fresh.pop(path, disk) for path, disk in self._disks.items() if path not in only or path in fresh]
+            if len(kept) == len(self._disks) and not fresh and not found:
+                return  # none of them was, or is, on the allow-list
+            found = exclude_duplicate_claims(kept + list(fresh.values()))
         self._disks = {d.real_path: d for d in found}
         seen: set[str] = set()
         for disk in found:
@@ -243,7 +268,10 @@ class RawdiskBackend:
             if volume_id not in seen and entry.present:
                 logger.warning("disk {} of volume {} has disappeared", entry.disk.path, volume_id)
                 self._volumes[volume_id] = replace(entry, present=False)
-        self._scans += 1
+        if only is None:
+            self._scans += 1
+        else:
+            self._disk_reads += 1
 
     def inventory(self) -> list[Disk]:
         return list(self._disks.values())
@@ -258,8 +286,8 @@ class RawdiskBackend:
                         task_status.started()
                     async for event in events:
                         if event.devtype == "disk" and event.action in ("add", "remove", "change"):
-                            logger.debug("uevent {} {}: rescanning disks", event.action, event.devname)
-                            self._dirty.set()
+                            logger.debug("uevent {} {}", event.action, event.devname)
+                            self._note(event)
             except Exception as exc:  # the listener must outlive a broken socket
                 logger.warning("uevent listener failed ({}); restarting in 1 s", exc)
                 if not started:
@@ -267,13 +295,28 @@ class RawdiskBackend:
                     task_status.started()
                 await anyio.sleep(1.0)
 
+    def _note(self, event: uevents.Uevent) -> None:
+        """A change (new partition table, size, medium; a loop device attached or detached) re-reads that one
+        device. A disk added or removed rescans them all: its allow-listed name (a by-id link, say) may not be
+        the kernel's."""
+        if event.action == "change" and event.devname:
+            self._changed.add(os.path.realpath(event.device))
+        else:
+            self._hotplugged = True
+        self._dirty.set()
+
     async def _rescan_on_events(self) -> None:
         while True:
             await self._dirty.wait()
             await anyio.sleep(RESCAN_DELAY)
             self._dirty = anyio.Event()
+            whole, changed = self._hotplugged, self._changed
+            self._hotplugged, self._changed = False, set()
             try:
-                await self.rescan()
+                if whole:
+                    await self.rescan()
+                elif changed:
+                    await self.rescan_disks(changed)
             except Exception as exc:
                 logger.warning("disk rescan failed: {}", exc)
 

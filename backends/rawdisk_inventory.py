@@ -19,7 +19,7 @@ every device the allow-list matches. The rules, in the order they apply:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -186,15 +186,22 @@ async def inspect_one(runner: Runner, match: disks.Match, facts: disks.DiskFacts
     return classify(match, facts, reading, probe, min_bytes=min_bytes)
 
 
-async def scan(runner: Runner, patterns: Sequence[str], *, min_bytes: int = DEFAULT_MIN_BYTES) -> list[Disk]:
-    """Every device the allow-list matches, classified, in allow-list order."""
+async def scan(runner: Runner, patterns: Sequence[str], *, min_bytes: int = DEFAULT_MIN_BYTES,
+               only: Collection[str] | None = None) -> list[Disk]:
+    """Every device the allow-list matches, classified, in allow-list order.
+
+    ``only`` (real device paths): read just those of them the allow-list matches, and leave duplicate claims
+    to the caller, who holds the other disks (:func:`exclude_duplicate_claims`).
+    """
     matches = await anyio.to_thread.run_sync(disks.expand, patterns)
+    if only is not None:
+        matches = [m for m in matches if m.real_path in only]
     facts = await anyio.to_thread.run_sync(disks.inspect_all, [m.real_path for m in matches])
     found = [await inspect_one(runner, m, facts[m.real_path], min_bytes=min_bytes) for m in matches]
-    return _exclude_duplicate_claims(found)
+    return found if only is not None else exclude_duplicate_claims(found)
 
 
-def _exclude_duplicate_claims(found: list[Disk]) -> list[Disk]:
+def exclude_duplicate_claims(found: list[Disk]) -> list[Disk]:
     """A second disk claiming a volume already held (a cloned disk) is never used."""
     holders: dict[str, str] = {}
     out = []

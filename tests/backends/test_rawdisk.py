@@ -250,6 +250,41 @@ async def test_hotplug_adds_and_removes_disks_without_restart(disks: FakeDisks) 
         assert [v.volume_id for v in await backend.list_volumes()] == [volume.volume_id]
 
 
+async def test_a_change_uevent_rereads_only_that_disk(disks: FakeDisks) -> None:
+    """A disk's change (here: it grew) re-reads that disk alone; a change of a device off the allow-list
+    (another loop device resized) reads nothing. Every claim, wipe and partition view makes such events."""
+    disks.add("first", 64 * MIB)
+    disks.add("second", 64 * MIB)
+    outsider = disks.images / "outsider.img"
+    with outsider.open("wb") as handle:
+        handle.truncate(16 * MIB)
+    other = sh("losetup", "--find", "--show", str(outsider)).strip()
+    try:
+        async with running(disks, watch=True) as backend:
+            scans, reads = backend.scans, backend.disk_reads
+            before = capacity(backend, "second")
+            assert capacity(backend, "first") == before
+            with (disks.images / "second.img").open("r+b") as handle:
+                handle.truncate(128 * MIB)
+            sh("losetup", "--set-capacity", disks.devices["second"])
+            assert await wait_for(lambda: capacity(backend, "second") == before + 64 * MIB)
+            assert capacity(backend, "first") == before
+            assert (backend.scans, backend.disk_reads) == (scans, reads + 1)
+
+            with outsider.open("r+b") as handle:
+                handle.truncate(32 * MIB)
+            sh("losetup", "--set-capacity", other)
+            await anyio.sleep(1.0)  # five times the time events are gathered for
+            assert (backend.scans, backend.disk_reads) == (scans, reads + 1)
+            assert set(states(backend)) == {"first", "second"}
+    finally:
+        sh("losetup", "-d", other)
+
+
+def capacity(backend: RawdiskBackend, name: str) -> int:
+    return next(d.capacity_bytes for d in backend.inventory() if d.path == f"{os.path.dirname(d.path)}/disk-{name}")
+
+
 async def wait_for(predicate: object, timeout: float = 10.0) -> bool:
     assert callable(predicate)
     with anyio.move_on_after(timeout):
