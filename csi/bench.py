@@ -71,6 +71,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--fio-runtime", type=int, default=10, help="seconds per fio job")
     p.add_argument("--fio-size", type=int, default=256 * MIB, help="bytes of the fio file/device")
     p.add_argument("--fio-variants", action="store_true", help="also fio bare loop devices with other settings")
+    p.add_argument("--fio-baseline-device", default="", metavar="DEV",
+                   help="compare the data path with this block device instead of a backing file: a twin of the "
+                        "driver's storage (lvm: a device like its PV; rawdisk: a disk like its pool's). fio "
+                        "overwrites it")
     p.add_argument("--only", action="append", default=[],
                    choices=["probe", "create-delete", "provision", "bare", "scale", "fio"],
                    help="run only these phases (repeatable)")
@@ -191,7 +195,8 @@ async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any
     if a.fio and opts.wants("fio"):
         from csi.bench_fio import data_path
 
-        report["fio"] = await data_path(target, opts.bare_dir, a.fio_size, a.fio_runtime, a.fio_variants)
+        report["fio"] = await data_path(target, opts.bare_dir, a.fio_size, a.fio_runtime, a.fio_variants,
+                                        baseline_device=a.fio_baseline_device)
         record_load(report, "fio")
     report["memory_after"] = memory(target.sample())
 
@@ -207,7 +212,7 @@ async def bench(opts: Options, spawned: Spawned | None) -> dict[str, Any]:
         if spawned is not None:
             report["startup_seconds"] = round(await wait_ready(client, spawned), 3)
         info = await client.plugin_info()
-        report["driver"] = {"name": info.name, "version": info.vendor_version}
+        report["driver"] = {"name": info.name, "version": info.vendor_version, **dict(info.manifest)}
         target = await phases.discover(client, opts.work_dir, opts.parameters, opts.pid)
         report["target"] = {"node_id": target.node_id, "controller_publish": target.controller_publish,
                             "node_stage": target.node_stage}

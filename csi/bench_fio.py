@@ -5,11 +5,13 @@ not unwritten extents that read as zeros for free), then four short,
 time-based fio jobs run with direct I/O: 4k random read and write (libaio,
 queue depth 32) and 1M sequential read and write (queue depth 8).
 
-Targets: the backing file with ``O_DIRECT`` in the driver's image directory
-(the ceiling), a block volume and an ext4 volume published by the driver
-(loopfile: a direct-I/O loop device over an image on that same filesystem),
-and optionally bare loop devices with other settings, to show what each
-driver-controlled setting buys.
+Targets: the ceiling, a block volume and an ext4 volume published by the
+driver, and optionally bare loop devices with other settings, to show what
+each driver-controlled setting buys. The ceiling is the backing file with
+``O_DIRECT`` in the driver's image directory (loopfile: its volumes are
+direct-I/O loop devices over images on that same filesystem), or a raw
+device given by the caller (``baseline_device``): for lvm a device like the
+volume group's PV, for rawdisk a disk like the pool's.
 """
 
 from __future__ import annotations
@@ -140,13 +142,21 @@ def ratios(results: dict[str, dict[str, Any]], over: str, under: str) -> dict[st
     return out
 
 
-async def data_path(target: phases.Target, directory: str, size: int, runtime: int,
-                    variants: bool) -> dict[str, Any]:
+BACKING_FILE = "backing file (O_DIRECT)"
+RAW_DEVICE = "raw device (O_DIRECT)"
+
+
+async def data_path(target: phases.Target, directory: str, size: int, runtime: int, variants: bool, *,
+                    baseline_device: str = "") -> dict[str, Any]:
     runner = ProcessRunner()
     scratch = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="fio-", dir=directory))
     per_target: dict[str, dict[str, Any]] = {}
+    baseline = RAW_DEVICE if baseline_device else BACKING_FILE
     try:
-        per_target["backing file (O_DIRECT)"] = await _backing_file(runner, scratch, size, runtime)
+        if baseline_device:
+            per_target[baseline] = await run_jobs(runner, baseline_device, size, runtime)
+        else:
+            per_target[baseline] = await _backing_file(runner, scratch, size, runtime)
         per_target["driver block volume"] = await _driver_volume(target, runner, size, runtime, "")
         per_target["driver ext4 volume (file)"] = await _driver_volume(target, runner, size, runtime, "ext4")
         if variants:
@@ -162,6 +172,7 @@ async def data_path(target: phases.Target, directory: str, size: int, runtime: i
     flat = {f"{t}: {job}": res for t, jobs in per_target.items() for job, res in jobs.items()}
     return {
         "size_bytes": size, "runtime_seconds": runtime, "results": flat, "by_target": per_target,
-        "ratios": ratios(per_target, "driver block volume", "backing file (O_DIRECT)"),
-        "ratios_ext4": ratios(per_target, "driver ext4 volume (file)", "backing file (O_DIRECT)"),
+        "baseline": baseline, "baseline_device": baseline_device,
+        "ratios": ratios(per_target, "driver block volume", baseline),
+        "ratios_ext4": ratios(per_target, "driver ext4 volume (file)", baseline),
     }

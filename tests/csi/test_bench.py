@@ -88,6 +88,50 @@ def test_report_compares_with_the_targets() -> None:
     assert "MISSED" in lines["RSS idle (MiB)"]
 
 
+def test_data_path_bounds_follow_the_baseline() -> None:
+    """loopfile is held to 0.9 of its backing file; lvm and rawdisk to 0.97 of the raw device."""
+    base = {"endpoint": "unix:///x", "client": "grpcio", "machine": {"cpus": 2, "kernel": "6"}}
+    ratios = {"randread_4k_iops": 0.95, "randwrite_4k_iops": 0.98}
+    loopfile = render({**base, "driver": {"backend": "loopfile"},
+                       "fio": {"baseline": "backing file (O_DIRECT)", "ratios": ratios, "results": {}}})
+    assert "ok" in _target(loopfile, "loopfile randread 4k IOPS / backing file")
+    rawdisk = render({**base, "driver": {"backend": "rawdisk"},
+                      "fio": {"baseline": "raw device (O_DIRECT)", "ratios": ratios, "results": {}}})
+    assert "MISSED" in _target(rawdisk, "rawdisk randread 4k IOPS / raw device")
+    assert "ok" in _target(rawdisk, "rawdisk randwrite 4k IOPS / raw device")
+
+
+def _target(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.strip().startswith(name))
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_fio_against_a_raw_device_baseline(tmp_path: Path) -> None:
+    """--fio-baseline-device: the data path measured on a published block and ext4 volume and on the device."""
+    image = tmp_path / "twin.img"
+    with image.open("wb") as handle:
+        handle.truncate(64 << 20)
+    twin = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", str(image)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    out = tmp_path / "bench.json"
+    try:
+        argv = [sys.executable, "-m", "csi.cli", "bench", "--spawn-loopfile", str(tmp_path / "driver"), "--json",
+                str(out), "--only", "fio", "--fio", "--fio-runtime", "1", "--fio-size", str(16 << 20),
+                "--fio-baseline-device", twin]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
+        assert done.returncode == 0, done.stderr[-4000:]
+    finally:
+        subprocess.run(["losetup", "-d", twin], check=False)
+    fio = json.loads(out.read_text())["fio"]
+    assert (fio["baseline"], fio["baseline_device"]) == ("raw device (O_DIRECT)", twin)
+    assert set(fio["by_target"]) == {"raw device (O_DIRECT)", "driver block volume", "driver ext4 volume (file)"}
+    assert all(job["iops"] > 0 for job in fio["by_target"]["raw device (O_DIRECT)"].values())
+    assert fio["ratios"]["randread_4k_iops"] > 0
+    assert "loopfile randread 4k IOPS / raw device" in done.stdout
+    assert loops_backed_by(tmp_path) == []
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_short_bench_run_against_a_spawned_driver(tmp_path: Path) -> None:
