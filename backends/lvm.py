@@ -392,11 +392,27 @@ class LvmBackend:
         return size
 
     async def create_volume(self, spec: VolumeSpec) -> Volume:
+        """Make the LV, or answer with the one an earlier call made for the same name.
+
+        Only a retry finds the volume in the index; it asks LVM, which has the last word (the LV may have
+        been removed behind our back). A new name goes straight to ``lvcreate``: LVM's own "already exists"
+        is the check for an LV the index does not know (one made by another instance, or not ours at all).
+        """
         thin = parse_type(spec.parameters, self._pool is not None, self._pool is not None)
         volume_id = spec.volume_id
-        existing = await self._lvm.logical_volume(self._vg, volume_id)
+        existing = await self._lookup(volume_id) if volume_id in self._index else None
         if existing is not None:
             return self._check_compatible(existing, spec, thin)
+        try:
+            return await self._create_new(spec, thin)
+        except errors.AlreadyExists:
+            existing = await self._lvm.logical_volume(self._vg, volume_id)  # ours or not: the check says
+            if existing is None:
+                raise
+            return self._check_compatible(existing, spec, thin)
+
+    async def _create_new(self, spec: VolumeSpec, thin: bool) -> Volume:
+        volume_id = spec.volume_id
         tags = [TAG_OWNER, TAG_FORMAT, encode_tag(TAG_NAME, spec.name)]
         if spec.source is not None:
             return await self._create_from_source(spec, spec.source, thin, tags)

@@ -65,7 +65,10 @@ async def test_a_restarted_backend_rebuilds_every_volume_from_tags() -> None:
 
 async def test_create_rounds_to_extents_tags_and_leaves_the_lv_inactive() -> None:
     backend, runner = await started(load("create-delete.jsonl"))
+    before = len(runner.calls)
     thick = await backend.create_volume(spec("pvc-thick", 10 * MIB + 1, "thick"))
+    # A new name: straight to lvcreate (LVM's "already exists" is the idempotency check), then read back.
+    assert [argv[0] for argv in runner.calls[before:]] == ["lvcreate", "lvchange", "lvs"]
     thin = await backend.create_volume(spec("pvc-thin", 10 * MIB + 1, "thin"))
     assert thick.capacity_bytes == thin.capacity_bytes == 12 * MIB
     create_thick, create_thin = calls_of(runner, "lvcreate")

@@ -150,11 +150,15 @@ async def test_an_index_miss_asks_lvm() -> None:
     assert [argv[0] for argv in runner.calls] == ["lvs"]
 
 
-async def test_the_existence_check_asks_lvm_only_on_an_index_miss() -> None:
-    backend, runner = await replayed("create-delete.jsonl")
+async def test_the_existence_check_asks_lvm_only_on_an_index_miss(scratch: Path) -> None:
+    backend, runner, _ = await started(scratch)
+    await backend.require_volume(THICK)  # in the index: no command
+    assert runner.calls == []
+    gone = FakeRunner(lambda argv: (5, "", f'  Failed to find logical volume "{backend.volume_group}/x"\n'))
+    backend._lvm.runner = gone
     with pytest.raises(errors.VolumeNotFound):
-        await backend.require_volume(volume_id_for("pvc-thick"))
-    assert [argv[0] for argv in runner.calls] == ["lvs"]
+        await backend.require_volume(volume_id_for("pvc-never-made"))
+    assert [argv[0] for argv in gone.calls] == ["lvs"]
 
 
 async def test_a_volume_removed_behind_our_back_is_not_found_on_attach(scratch: Path) -> None:

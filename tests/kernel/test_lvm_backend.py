@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backends import errors, node
-from backends.base import ContentSource, SourceKind, VolumeSpec
+from backends.base import ContentSource, SourceKind, VolumeSpec, volume_id_for
 from backends.lvm import PARAM_TYPE, LvmBackend
 from backends.system.runner import Result, Runner
 from tests.kernel.lvmtools import VolumeGroup, sh
@@ -70,6 +70,23 @@ async def test_create_and_delete_thick_and_thin_leave_nothing_behind(backend: Lv
     assert our_lvs(lvm_vg.name) == {}
     assert thick.volume_id.replace("-", "--") not in dm_devices()
     assert await backend.list_volumes() == []
+
+
+async def test_an_lv_in_the_way_conflicts_and_one_removed_behind_our_back_is_made_again(
+    backend: LvmBackend, lvm_vg: VolumeGroup
+) -> None:
+    foreign = volume_id_for("pvc-foreign")
+    sh("lvcreate", "-q", "-y", "-L", "8m", "-n", foreign, lvm_vg.name)  # not ours: no localcsi tags
+    try:
+        with pytest.raises(errors.VolumeConflict, match="not created by localcsi"):
+            await backend.create_volume(spec("pvc-foreign", 8 * MIB, "thick"))
+        assert foreign in our_lvs(lvm_vg.name)  # left alone
+    finally:
+        sh("lvremove", "-q", "-y", f"{lvm_vg.name}/{foreign}")
+    gone = await backend.create_volume(spec("pvc-gone", 8 * MIB, "thick"))
+    sh("lvremove", "-q", "-y", f"{lvm_vg.name}/{gone.volume_id}")  # behind the driver's back
+    again = await backend.create_volume(spec("pvc-gone", 8 * MIB, "thick"))
+    assert again.volume_id == gone.volume_id and gone.volume_id in our_lvs(lvm_vg.name)
 
 
 async def test_thick_volume_larger_than_the_vg_is_capacity_exhausted(backend: LvmBackend, lvm_vg: VolumeGroup) -> None:
@@ -140,7 +157,10 @@ async def test_the_node_path_runs_lvm_only_to_change_it(lvm_vg: VolumeGroup, run
     counting = CountingRunner(runner)
     backend = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, counting)
     await backend.start()
+    counting.tools.clear()
     volume = await backend.create_volume(spec("pvc-node-path", 12 * MIB, "thick"))
+    # A new name goes straight to lvcreate; lvchange -an undoes lvcreate's activation; lvs reads back the LV.
+    assert counting.tools == ["lvcreate", "lvchange", "lvs"], "CreateVolume: no lvs before lvcreate"
     await backend.publish_volume(volume.volume_id, "node-a", readonly=False)
     target = tempfile.mkdtemp(prefix="lvm-mnt-")
     try:
