@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from csi.bench_fio import RAW_DEVICE
+
 #: csi-driver-host-path v1.18 on this machine (kind, Python grpcio client); see docs/benchmarks.md.
 REFERENCE = {
     "probe_p50_ms": 0.18,
@@ -73,8 +75,8 @@ def _targets(report: dict[str, Any]) -> list[str]:
     fio = report.get("fio", {})
     ratio = fio.get("ratios", {})
     if "randread_4k_iops" in ratio:
-        # The bounds: loopfile against its backing file 0.9, lvm and rawdisk against the raw device 0.97.
-        raw = fio.get("baseline") == "raw device (O_DIRECT)"
+        # The bounds (docs/benchmarks.md): loopfile 0.9 of its backing file, lvm and rawdisk 0.97 of the raw device.
+        raw = fio.get("baseline") == RAW_DEVICE
         backend = report.get("driver", {}).get("backend") or ("device-backed" if raw else "loopfile")
         under, bound = ("raw device", 0.97) if raw else ("backing file", 0.9)
         for job in ("randread_4k", "randwrite_4k"):
