@@ -1,51 +1,60 @@
 """Storage backends, looked up by name.
 
-Built-in backends are imported lazily (``--backend lvm`` never imports the
-rawdisk code); out-of-tree backends register a factory under the
-``localcsi.backends`` entry-point group. A factory is called as
-``factory(node_id=..., options=..., runner=...)`` and returns a Backend.
+A backend is known by its settings class (:class:`backends.options.Options`):
+it declares the backend's flags, its features and how to build it. The
+built-in ones live in ``backends/<name>/options.py``, small modules that import
+no backend code (``--backend lvm`` never imports the rawdisk code, and the CLI
+can list every backend's flags cheaply); out-of-tree backends register their
+settings class under the ``localcsi.backends`` entry-point group.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
 
 from backends.errors import InvalidArgument
+from backends.options import Options
 
-if TYPE_CHECKING:
-    from backends.base import Backend
-    from backends.system.runner import Runner
+ENTRY_POINT_GROUP = "localcsi.backends"
 
 BUILTIN: Mapping[str, str] = {
-    "loopfile": "backends.loopfile:from_options",
-    "lvm": "backends.lvm:from_options",
-    "rawdisk": "backends.rawdisk:from_options",
+    "loopfile": "backends.loopfile.options:LoopfileOptions",
+    "lvm": "backends.lvm.options:LvmOptions",
+    "rawdisk": "backends.rawdisk.options:RawdiskOptions",
 }
 
-Factory = Callable[..., "Backend"]
+
+def _load(target: str) -> type[Options]:
+    module, _, attr = target.partition(":")
+    loaded = getattr(importlib.import_module(module), attr)
+    return _checked(loaded, target)
+
+
+def _checked(loaded: object, where: str) -> type[Options]:
+    if not (isinstance(loaded, type) and issubclass(loaded, Options) and loaded.kind):
+        raise InvalidArgument(f"{where} is not a backend settings class (a subclass of backends.options.Options)")
+    return loaded
 
 
 def available() -> list[str]:
     names = set(BUILTIN)
-    names.update(ep.name for ep in entry_points(group="localcsi.backends"))
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
 
 
-def factory(name: str) -> Factory:
+def options_class(name: str) -> type[Options]:
+    """The settings class of backend ``name``; unknown names are InvalidArgument listing the known ones."""
     target = BUILTIN.get(name)
     if target is not None:
-        module, _, attr = target.partition(":")
-        loaded: Factory = getattr(importlib.import_module(module), attr)
-        return loaded
-    for ep in entry_points(group="localcsi.backends"):
+        return _load(target)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
-            plugin: Factory = ep.load()
-            return plugin
+            return _checked(ep.load(), f"entry point {ep.value}")
     raise InvalidArgument(f"unknown backend {name!r}; available: {', '.join(available())}")
 
 
-def create(name: str, *, node_id: str, options: Mapping[str, Any], runner: Runner) -> Backend:
-    return factory(name)(node_id=node_id, options=options, runner=runner)
+def all_options() -> list[type[Options]]:
+    """Every known backend's settings class, built-in first (for the CLI's flags)."""
+    return [options_class(name) for name in [*BUILTIN, *(n for n in available() if n not in BUILTIN)]]

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol
 
 from backends.errors import InvalidArgument, SnapshotNotFound, VolumeConflict
 
@@ -88,8 +88,6 @@ class Features:
     snapshots: bool = False
     clones: bool = False
     fs_types: tuple[str, ...] = ("ext4", "xfs")
-    #: Smallest volume a filesystem volume is rounded up to, per fs type.
-    min_fs_bytes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,6 @@ class Capacity:
     minimum_volume_bytes: int = 0
 
 
-@runtime_checkable
 class Backend(Protocol):
     """What every storage backend implements. All methods are idempotent."""
 

@@ -1,9 +1,18 @@
-"""The driver's configuration: built once by the CLI, frozen, passed down."""
+"""The driver's configuration: built once by the CLI, frozen, passed down.
+
+Nothing here reads the environment or parses flags: :mod:`csi.cli` does, and
+hands the result over as a :class:`DriverConfig`. The endpoint type lives here
+(not with the server) so that clients (``ctl``, ``bench``) can parse an
+endpoint without importing the driver.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from backends.options import Options
 
 
 class Mode(enum.Enum):
@@ -34,15 +43,54 @@ class Mode(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where a CSI server listens (or a client dials): a unix socket path, or a TCP host and port."""
+
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, value: str) -> Endpoint:
+        """``unix:///abs/path`` or ``tcp://host:port``; a bare absolute path is taken as a unix socket."""
+        if value.startswith("/"):
+            return cls(path=value)
+        url = urlparse(value)
+        if url.scheme == "unix":
+            path = (url.netloc + url.path) if url.netloc else url.path
+            if not path.startswith("/"):
+                raise ValueError(f"unix endpoint needs an absolute path: {value!r}")
+            return cls(path=path)
+        try:
+            port = url.port if url.scheme == "tcp" else None
+        except ValueError:
+            port = None
+        if url.scheme == "tcp" and url.hostname and port:
+            return cls(host=url.hostname, port=port)
+        raise ValueError(f"endpoint must be unix:///path or tcp://host:port, not {value!r}")
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}" if self.path else f"tcp://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class DriverConfig:
     driver_name: str
     node_id: str
     endpoint: str
+    #: The storage this driver serves: one backend's typed settings.
+    backend: Options
     mode: Mode = Mode.ALL
-    backend: str = "loopfile"
-    backend_options: dict[str, object] = field(default_factory=dict)
+    #: Prefix of every system command (e.g. ``nsenter -t 1 -m --``), for a driver running in a container.
+    command_prefix: tuple[str, ...] = ()
+    #: When set, staging and target paths must lie strictly below one of these (the kubelet directory).
+    kubelet_dirs: tuple[str, ...] = ()
     max_volumes_per_node: int = 0
     #: How long SIGTERM waits for in-flight RPCs before exiting.
     shutdown_grace_seconds: float = 20.0
     metrics_address: str = ""
     version: str = "0.1.0"
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.kind

@@ -22,8 +22,11 @@ class ServiceContext:
     locks: KeyLocks = field(default_factory=KeyLocks)
     supervisor: Supervisor = field(default_factory=Supervisor)
     observer: Observer | None = None
-    #: When set, staging and target paths must lie under one of these (the kubelet directory).
-    path_prefixes: tuple[str, ...] = ()
+
+    @property
+    def path_prefixes(self) -> tuple[str, ...]:
+        """When set, staging and target paths must lie strictly below one of these (the kubelet directory)."""
+        return self.config.kubelet_dirs
 
     @property
     def backend(self) -> Backend:

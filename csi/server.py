@@ -13,10 +13,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import anyio
 from grpclib.const import Status
@@ -26,10 +23,10 @@ from grpclib.server import Server
 from loguru import logger
 
 from backends import errors
-from backends.base import Backend, Features
+from backends.base import Backend
 from backends.system.runner import Runner
 from csi import memory, wire
-from csi.config import DriverConfig, Mode
+from csi.config import DriverConfig, Endpoint
 from csi.context import ServiceContext
 from csi.controller import ControllerService
 from csi.gen.csi import v1 as csi
@@ -39,25 +36,6 @@ from csi.node import NodeService
 from csi.rpc import Observer
 
 SOCKET_MODE = 0o660
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    @classmethod
-    def parse(cls, value: str) -> Endpoint:
-        url = urlparse(value)
-        if url.scheme == "unix":
-            path = (url.netloc + url.path) if url.netloc else url.path
-            if not path.startswith("/"):
-                raise ValueError(f"unix endpoint needs an absolute path: {value!r}")
-            return cls(path=path)
-        if url.scheme == "tcp" and url.hostname and url.port:
-            return cls(host=url.hostname, port=url.port)
-        raise ValueError(f"endpoint must be unix:///path or tcp://host:port, not {value!r}")
 
 
 class RequestCodec(ProtoCodec):
@@ -108,18 +86,17 @@ class DriverServer:
         backend: Backend | None,
         runner: Runner,
         *,
-        features: Features | None = None,
         observer: Observer | None = None,
-        path_prefixes: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.backend = backend
-        feats = features or (backend.features if backend is not None else Features())
+        # A controller-mode instance has no backend: it advertises what the same settings give the nodes.
+        feats = backend.features if backend is not None else config.backend.features()
         self.metrics: DriverMetrics | None = None
         if config.metrics_address and observer is None:
-            self.metrics = observer = DriverMetrics(backend, driver=config.driver_name, backend_name=config.backend,
-                                                    version=config.version)
-        self.ctx = ServiceContext(config, feats, backend, observer=observer, path_prefixes=tuple(path_prefixes))
+            self.metrics = observer = DriverMetrics(backend, driver=config.driver_name,
+                                                    backend_name=config.backend_name, version=config.version)
+        self.ctx = ServiceContext(config, feats, backend, observer=observer)
         self.services = build_services(self.ctx, runner)  # grpclib's Server binds the running loop: made in run()
         self.endpoint = Endpoint.parse(config.endpoint)
         self.stopping = anyio.Event()
@@ -140,7 +117,7 @@ class DriverServer:
             await server.start(host=self.endpoint.host, port=self.endpoint.port)
         logger.info(
             "serving {} ({} mode, {} backend, node {}) on {}", self.config.driver_name, self.config.mode.value,
-            self.config.backend, self.config.node_id, self.config.endpoint,
+            self.config.backend_name, self.config.node_id, self.config.endpoint,
         )
         return server
 
@@ -193,7 +170,3 @@ class DriverServer:
         server.close()
         with anyio.move_on_after(5):
             await server.wait_closed()
-
-
-def mode_from(value: str) -> Mode:
-    return Mode(value)

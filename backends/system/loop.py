@@ -59,6 +59,11 @@ _LOOP_INFO64 = "QQQQQIIII64s64s32sQQ"
 _LOOP_CONFIG = struct.Struct("=II" + _LOOP_INFO64 + "8Q")
 
 #: How often attach retries when another process takes the free device first.
+#: Logical block size of the loop device of every new volume image, fixed for its life (and its copies').
+#: Left to the kernel it follows the image's direct-I/O alignment, which on xfs becomes the
+#: filesystem block size once the image shares extents: a filesystem made with 1 KiB blocks on a
+#: 512-byte device would then no longer mount after its first snapshot.
+LOGICAL_BLOCK_BYTES = 4096
 ATTACH_ATTEMPTS = 16
 #: How long a detach waits for a transient opener (a prober) to close before reporting the device in use.
 DETACH_GRACE_SECONDS = 2.0

@@ -42,9 +42,6 @@ _COMMANDS = MappingProxyType(
 
 SUPPORTED_FS_TYPES = tuple(_COMMANDS)
 
-#: Smallest device each mkfs accepts with our flags (measured: xfsprogs 6.1, btrfs-progs 6.2, e2fsprogs 1.47).
-MIN_FS_BYTES = MappingProxyType({"ext4": 1 << 20, "xfs": 300 << 20, "btrfs": 109 << 20})
-
 
 def available_fs_types() -> tuple[str, ...]:
     """The supported filesystem types whose mkfs tool is installed (blocking: start-up only)."""

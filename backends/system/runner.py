@@ -14,8 +14,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -49,7 +49,7 @@ class Runner(Protocol):
     ) -> Result: ...
 
 
-def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
+def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if isinstance(argv, str):
         raise TypeError("argv must be a sequence of arguments, not a string")
     args = tuple(argv)
@@ -95,7 +95,7 @@ class ProcessRunner:
         check: bool = True,
         stdin: bytes | None = None,
     ) -> Result:
-        args = _check_argv(argv)
+        args = check_argv(argv)
         full = self.prefix + args
         env = dict(os.environ, LC_ALL="C")
         started = time.monotonic()
@@ -149,46 +149,6 @@ class ProcessRunner:
         result = Result(full, returncode, stdout, stderr, duration)
         if check and returncode != 0:
             raise CommandError(full, returncode, stderr, stdout=stdout)
-        return result
-
-
-Handler = Callable[[tuple[str, ...]], "Result | tuple[int, str, str]"]
-
-
-@dataclass
-class FakeRunner:
-    """A Runner for unit tests: a handler decides every command's outcome.
-
-    The handler gets the argv tuple and returns a :class:`Result` or a
-    ``(returncode, stdout, stderr)`` tuple; it may also raise. Calls are
-    recorded in :attr:`calls` (argv) and :attr:`inputs` (stdin).
-    """
-
-    handler: Handler
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-    inputs: list[bytes | None] = field(default_factory=list)
-    timeouts: list[float] = field(default_factory=list)
-
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - the child is killed on expiry, not just abandoned
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> Result:
-        args = _check_argv(argv)
-        self.calls.append(args)
-        self.inputs.append(stdin)
-        self.timeouts.append(timeout)
-        outcome = self.handler(args)
-        if isinstance(outcome, Result):
-            result = outcome
-        else:
-            code, stdout, stderr = outcome
-            result = Result(args, code, stdout, stderr, 0.0)
-        if check and result.returncode != 0:
-            raise CommandError(args, result.returncode, result.stderr, stdout=result.stdout)
         return result
 
 

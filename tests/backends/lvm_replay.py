@@ -11,7 +11,7 @@ import json
 from collections import deque
 from pathlib import Path
 
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "lvm"
 

@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from backends.rawdisk import RawdiskBackend
+from backends.rawdisk.backend import RawdiskBackend
+from backends.rawdisk.options import RawdiskOptions
 from backends.system.runner import ProcessRunner
 from tests.support import DriverProcess
 
@@ -157,8 +158,8 @@ def fake_disks() -> Iterator[FakeDisks]:
 async def running(disks: FakeDisks, snapshot_dir: Path | None = None, *,
                   watch: bool = False) -> AsyncIterator[RawdiskBackend]:
     """A started backend over ``disks`` (snapshots in ``snapshot_dir`` when given), closed afterwards."""
-    backend = RawdiskBackend(NODE, (disks.pattern,), ProcessRunner(), watch=watch,
-                             snapshot_dir=str(snapshot_dir) if snapshot_dir else "")
+    options = RawdiskOptions(devices=(disks.pattern,), snapshot_dir=str(snapshot_dir) if snapshot_dir else "")
+    backend = RawdiskBackend(NODE, options, ProcessRunner(), watch=watch)
     await backend.start()
     try:
         yield backend

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from backends.base import AccessType, VolumeSpec, volume_id_for
-from backends.loopfile import LoopfileBackend
-from backends.system.runner import FakeRunner
+from backends.loopfile.backend import LoopfileBackend
+from backends.loopfile.options import LoopfileOptions
+from backends.system.testing import FakeRunner
 
 MIB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
@@ -29,15 +30,16 @@ CHILD = textwrap.dedent("""
     import anyio
     from backends import faults
     from backends.base import AccessType, VolumeSpec
-    from backends.loopfile import LoopfileBackend
-    from backends.system.runner import FakeRunner
-    import backends.loopfile as lf
+    from backends.loopfile.backend import LoopfileBackend
+    from backends.loopfile.options import LoopfileOptions
+    from backends.system.testing import FakeRunner
+    import backends.loopfile.backend as lf
 
     lf.require_tools = lambda names: None
     directory, action, point = sys.argv[1:4]
 
     async def main() -> None:
-        backend = LoopfileBackend("n1", directory, FakeRunner(lambda argv: (0, "", "")))
+        backend = LoopfileBackend("n1", LoopfileOptions(directory=directory), FakeRunner(lambda argv: (0, "", "")))
         await backend.start()
         spec = VolumeSpec("pvc-crash", 4 << 20, 0, {}, AccessType.BLOCK, "", None)
         faults.arm(point + ":kill")
@@ -56,8 +58,8 @@ def _spec(name: str = "pvc-crash", thin: bool = False) -> VolumeSpec:
 
 
 async def _backend(directory: Path, monkeypatch: pytest.MonkeyPatch) -> LoopfileBackend:
-    monkeypatch.setattr("backends.loopfile.require_tools", lambda names: None)
-    backend = LoopfileBackend("n1", str(directory), FakeRunner(lambda argv: (0, "", "")))
+    monkeypatch.setattr("backends.loopfile.backend.require_tools", lambda names: None)
+    backend = LoopfileBackend("n1", LoopfileOptions(directory=str(directory)), FakeRunner(lambda argv: (0, "", "")))
     await backend.start()
     return backend
 

@@ -24,7 +24,8 @@ import pytest
 
 from backends import errors
 from backends.base import ContentSource, SourceKind, VolumeSpec, snapshot_id_for
-from backends.loopfile import PARAM_PROVISIONING, LoopfileBackend
+from backends.loopfile.backend import PARAM_PROVISIONING, LoopfileBackend
+from backends.loopfile.options import LoopfileOptions
 from backends.system import reflink
 from backends.system.runner import ProcessRunner
 
@@ -84,7 +85,7 @@ def image_fs(request: pytest.FixtureRequest) -> Iterator[ImageFs]:
 
 
 async def started(directory: Path) -> LoopfileBackend:
-    backend = LoopfileBackend("node-1", str(directory), ProcessRunner())
+    backend = LoopfileBackend("node-1", LoopfileOptions(directory=str(directory)), ProcessRunner())
     await backend.start()
     return backend
 

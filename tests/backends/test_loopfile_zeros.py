@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.loopfile import holds_no_data
+from backends.loopfile.backend import holds_no_data
 from tests.backends.system.fixtures import LoopFactory, loops, make_image, run, scratch
 
 __all__ = ["loops", "scratch"]  # fixtures used below

@@ -9,18 +9,12 @@ import pytest
 
 from backends import errors
 from backends.base import VolumeSpec, volume_id_for
-from backends.lvm import (
-    PARAM_TYPE,
-    TAG_NAME,
-    LvmBackend,
-    condition_of,
-    decode_tags,
-    encode_tag,
-    from_options,
-    parse_type,
-)
+from backends.lvm.backend import PARAM_TYPE, LvmBackend, parse_type
+from backends.lvm.options import LvmOptions
+from backends.lvm.tags import TAG_NAME, condition_of, decode_tags, encode_tag
+from backends.options import OptionError
 from backends.system import lvm
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 from tests.backends.lvm_replay import Replay, load, recorded_vg
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +33,8 @@ def calls_of(runner: FakeRunner, tool: str) -> list[tuple[str, ...]]:
 
 async def started(records: list[dict[str, object]], overprovision: float = 1.0) -> tuple[LvmBackend, FakeRunner]:
     runner = Replay(records).runner()
-    backend = LvmBackend("node-a", recorded_vg(records), "pool", runner, overprovision)
+    options = LvmOptions(vg=recorded_vg(records), thinpool="pool", thin_overprovision=overprovision)
+    backend = LvmBackend("node-a", options, runner)
     await backend.start()
     return backend, runner
 
@@ -126,7 +121,7 @@ async def test_thin_capacity_is_pool_size_times_ratio_minus_virtual_sizes() -> N
 
 async def test_unknown_or_invalid_volumes_never_reach_lvm() -> None:
     runner = FakeRunner(lambda argv: (0, "", ""))
-    backend = LvmBackend("node-a", "vg0", None, runner)
+    backend = LvmBackend("node-a", LvmOptions(vg="vg0", thinpool=""), runner)
     with pytest.raises(errors.VolumeNotFound):
         await backend.get_volume("../etc")
     await backend.delete_volume("not-an-id")
@@ -134,15 +129,15 @@ async def test_unknown_or_invalid_volumes_never_reach_lvm() -> None:
 
 
 def test_parameters_choose_thin_or_thick() -> None:
-    assert parse_type({}, default_thin=True, has_pool=True) is True
-    assert parse_type({}, default_thin=False, has_pool=False) is False
-    assert parse_type({PARAM_TYPE: "thick", "csi.storage.k8s.io/pvc/name": "x"}, True, True) is False
+    assert parse_type({}, has_pool=True) is True
+    assert parse_type({}, has_pool=False) is False
+    assert parse_type({PARAM_TYPE: "thick", "csi.storage.k8s.io/pvc/name": "x"}, has_pool=True) is False
     with pytest.raises(errors.UnsupportedParameter):
-        parse_type({PARAM_TYPE: "thin"}, default_thin=False, has_pool=False)
+        parse_type({PARAM_TYPE: "thin"}, has_pool=False)
     with pytest.raises(errors.UnsupportedParameter):
-        parse_type({PARAM_TYPE: "fat"}, True, True)
+        parse_type({PARAM_TYPE: "fat"}, has_pool=True)
     with pytest.raises(errors.UnsupportedParameter):
-        parse_type({"lvm.localcsi.dev/stripes": "2"}, True, True)
+        parse_type({"lvm.localcsi.dev/stripes": "2"}, has_pool=True)
 
 
 def test_names_round_trip_through_tags() -> None:
@@ -168,16 +163,16 @@ def test_condition_follows_the_lv_and_its_pool() -> None:
     assert condition_of(healthy["thin1"], healthy["pool"]).abnormal is False
 
 
-def test_constructor_and_factory_validate_options() -> None:
+def test_options_validate_and_open_the_backend_they_describe() -> None:
     runner = FakeRunner(lambda argv: (0, "", ""))
-    with pytest.raises(errors.InvalidArgument):
-        LvmBackend("n", "", None, runner)
-    with pytest.raises(errors.InvalidArgument):
-        LvmBackend("n", "vg0", "pool", runner, overprovision=0.5)
-    built = from_options(
-        node_id="n", options={"lvm_vg": "vg0", "lvm_thinpool": "", "lvm_thin_overprovision": 1.5}, runner=runner
-    )
+    with pytest.raises(OptionError, match=r"vg \(--lvm-vg\)"):
+        LvmOptions(vg="", thinpool="").open("n", runner)
+    with pytest.raises(OptionError, match="thin_overprovision"):
+        LvmOptions(vg="vg0", thinpool="pool", thin_overprovision=0.5).validate()
+    built = LvmOptions.from_mapping({"vg": "vg0", "thin_overprovision": 1.5}).open("n", runner)
+    assert isinstance(built, LvmBackend)
     assert built.volume_group == "vg0" and built.thinpool is None and built.features.snapshots is False
+    assert LvmOptions(vg="vg0", thinpool="tp").features().snapshots is True
 
 
 async def test_start_fails_loudly_without_the_volume_group() -> None:
@@ -189,6 +184,6 @@ async def test_start_fails_loudly_without_the_volume_group() -> None:
             return missing["returncode"], missing["stdout"], missing["stderr"]
         return 0, "LVM version: 2.03.16(2)", ""
 
-    backend = LvmBackend("n", "nope", None, FakeRunner(handler))
+    backend = LvmBackend("n", LvmOptions(vg="nope", thinpool=""), FakeRunner(handler))
     with pytest.raises(errors.Unavailable, match="volume group 'nope' does not exist"):
         await backend.start()

@@ -14,10 +14,12 @@ import pytest
 
 from backends import errors
 from backends.base import VolumeSpec
-from backends.lvm import TAG_FORMAT, TAG_OWNER, LvmBackend, condition_of
+from backends.lvm.backend import LvmBackend
+from backends.lvm.options import LvmOptions
+from backends.lvm.tags import TAG_FORMAT, TAG_OWNER, condition_of
 from backends.system import lvm
 from backends.system.lvm import LV_FIELDS
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +58,7 @@ def backend(pool_full: bool) -> tuple[LvmBackend, FakeRunner]:
         raise AssertionError(f"unexpected command {argv}")
 
     runner = FakeRunner(handler)
-    return LvmBackend("node-a", VG, "pool", runner, overprovision=4.0), runner
+    return LvmBackend("node-a", LvmOptions(vg=VG, thinpool="pool", thin_overprovision=4.0), runner), runner
 
 
 async def test_list_volumes_shows_the_volumes_of_a_full_pool_abnormal() -> None:

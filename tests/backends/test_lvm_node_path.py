@@ -19,9 +19,10 @@ import pytest
 
 from backends import errors
 from backends.base import volume_id_for
-from backends.lvm import LvmBackend
+from backends.lvm.backend import LvmBackend
+from backends.lvm.options import LvmOptions
 from backends.system.lvm import dm_name
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 from tests.backends.lvm_replay import Replay, load, recorded_vg
 
 pytestmark = pytest.mark.anyio
@@ -84,7 +85,7 @@ async def started(scratch: Path) -> tuple[LvmBackend, FakeRunner, FakeDeviceMapp
         return answer
 
     runner = FakeRunner(handler)
-    backend = LvmBackend("node-a", vg, "pool", runner)
+    backend = LvmBackend("node-a", LvmOptions(vg=vg, thinpool="pool"), runner)
     backend._lvm.dev_root, backend._lvm.sys_root = str(dm.dev), str(dm.sys)
     await backend.start()
     runner.calls.clear()
@@ -137,7 +138,7 @@ async def replayed(recording: str) -> tuple[LvmBackend, FakeRunner]:
     """A backend started from a recording, its start-up commands forgotten."""
     records = load(recording)
     runner = Replay(records).runner()
-    backend = LvmBackend("node-a", recorded_vg(records), "pool", runner)
+    backend = LvmBackend("node-a", LvmOptions(vg=recorded_vg(records), thinpool="pool"), runner)
     await backend.start()
     runner.calls.clear()
     return backend, runner

@@ -12,8 +12,11 @@ import pytest
 
 from backends import errors
 from backends.base import ContentSource, SourceKind, VolumeSpec, snapshot_id_for, volume_id_for
-from backends.lvm import PARAM_TYPE, TAG_CREATED, LvmBackend, check_snapshot_parameters, decode_tags
-from backends.system.runner import FakeRunner
+from backends.lvm.backend import PARAM_TYPE, LvmBackend
+from backends.lvm.options import LvmOptions
+from backends.lvm.tags import TAG_CREATED, decode_tags
+from backends.provisioning import check_snapshot_parameters
+from backends.system.testing import FakeRunner
 from tests.backends.lvm_replay import Replay, load, recorded_vg
 
 pytestmark = pytest.mark.anyio
@@ -49,12 +52,12 @@ def _recorded_clock(monkeypatch: pytest.MonkeyPatch) -> None:
         def now(cls, tz: object = None) -> Clock:
             return cls.fromisoformat(moment.isoformat())
 
-    monkeypatch.setattr("backends.lvm.datetime", Clock)
+    monkeypatch.setattr("backends.lvm.backend.datetime", Clock)
 
 
 async def started() -> tuple[LvmBackend, FakeRunner]:
     runner = Replay(RECORDS).runner()
-    backend = LvmBackend("node-a", recorded_vg(RECORDS), "pool", runner)
+    backend = LvmBackend("node-a", LvmOptions(vg=recorded_vg(RECORDS), thinpool="pool"), runner)
     await backend.start()
     return backend, runner
 
@@ -131,7 +134,7 @@ async def test_a_restarted_backend_lists_snapshots_from_tags_and_deletes_them() 
     records = RECORDS
     starts = [i for i, r in enumerate(records) if r["argv"] == ["lvm", "version"]]
     runner = Replay(records[starts[1]:]).runner()
-    backend = LvmBackend("node-a", recorded_vg(records), "pool", runner)
+    backend = LvmBackend("node-a", LvmOptions(vg=recorded_vg(records), thinpool="pool"), runner)
     await backend.start()
     (snap,) = await backend.list_snapshots()
     assert snap.name == "snap-1" and snap.creation_time == recorded_creation_time()
@@ -142,11 +145,11 @@ async def test_a_restarted_backend_lists_snapshots_from_tags_and_deletes_them() 
 
 
 def test_snapshot_parameters_accept_only_the_sidecar_keys() -> None:
-    check_snapshot_parameters({"csi.storage.k8s.io/volumesnapshot/name": "x"})
+    check_snapshot_parameters({"csi.storage.k8s.io/volumesnapshot/name": "x"}, "lvm")
     with pytest.raises(errors.UnsupportedParameter):
-        check_snapshot_parameters({"other": "x"})
+        check_snapshot_parameters({"other": "x"}, "lvm")
 
 
 def test_a_pool_less_backend_offers_no_snapshots() -> None:
-    backend = LvmBackend("node-a", "vg0", None, FakeRunner(lambda argv: (0, "", "")))
+    backend = LvmBackend("node-a", LvmOptions(vg="vg0"), FakeRunner(lambda argv: (0, "", "")))
     assert not backend.features.snapshots and not backend.features.clones

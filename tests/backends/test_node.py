@@ -14,7 +14,8 @@ from backends.errors import DeviceNotBlank, InvalidArgument, PreconditionFailed,
 from backends.system import loop, mkfs, stats
 from backends.system import mount as mnt
 from backends.system.errors import CommandError
-from backends.system.runner import FakeRunner, ProcessRunner, Result
+from backends.system.runner import ProcessRunner, Result
+from backends.system.testing import FakeRunner
 from tests.backends.system.fixtures import DATA, LoopFactory, loops, make_image, run, scratch
 
 __all__ = ["loops", "scratch"]  # fixtures used below

@@ -12,11 +12,12 @@ from typing import Any
 import anyio
 import pytest
 
-from backends import errors, rawdisk_claim
+from backends import errors
 from backends.base import AccessType, VolumeSpec
-from backends.rawdisk import RawdiskBackend
-from backends.rawdisk_claim import PARTITION_TYPE
-from backends.rawdisk_inventory import State
+from backends.rawdisk import claim as rawdisk_claim
+from backends.rawdisk.backend import RawdiskBackend
+from backends.rawdisk.claim import PARTITION_TYPE
+from backends.rawdisk.inventory import State
 from tests.backends.rawdisk_support import MIB, NODE, FakeDisks, fake_disks, make_ext4, running, sh, write_foreign_gpt
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]

@@ -13,10 +13,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from backends import errors, rawdisk_claim
+from backends import errors
 from backends.base import AccessType, ContentSource, SourceKind, VolumeSpec
-from backends.rawdisk import RawdiskBackend
-from backends.rawdisk_inventory import State
+from backends.rawdisk import claim as rawdisk_claim
+from backends.rawdisk.backend import RawdiskBackend
+from backends.rawdisk.inventory import State
 from backends.system import blockcopy, gpt
 from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, running, sh
 

@@ -19,8 +19,9 @@ import pytest
 
 from backends import errors
 from backends.base import AccessType, ContentSource, SourceKind, VolumeSpec
-from backends.rawdisk import RawdiskBackend
-from backends.rawdisk_inventory import State
+from backends.rawdisk.backend import RawdiskBackend
+from backends.rawdisk.inventory import State
+from backends.rawdisk.options import RawdiskOptions
 from backends.system import gpt
 from backends.system.runner import ProcessRunner
 from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, sh
@@ -65,7 +66,7 @@ async def test_attach_uses_the_kernel_partition_device(disks: FakeDisks) -> None
     device = disks.add("d", 128 * MIB, partscan=True)
     name = os.path.basename(device)
     payload = os.urandom(64 * 1024)
-    backend = RawdiskBackend("node-a", (disks.pattern,), ProcessRunner(), watch=False)
+    backend = RawdiskBackend("node-a", RawdiskOptions(devices=(disks.pattern,)), ProcessRunner(), watch=False)
     await backend.start()
     try:
         volume = await backend.create_volume(VolumeSpec("pvc-k", 64 * MIB, 0, {}, AccessType.MOUNT, "ext4"))
@@ -80,7 +81,7 @@ async def test_attach_uses_the_kernel_partition_device(disks: FakeDisks) -> None
         await backend.detach(volume.volume_id)  # nothing to undo for a kernel partition
 
         await backend.close()
-        backend = RawdiskBackend("node-a", (disks.pattern,), ProcessRunner(), watch=False)
+        backend = RawdiskBackend("node-a", RawdiskOptions(devices=(disks.pattern,)), ProcessRunner(), watch=False)
         await backend.start()
         assert [v.volume_id for v in await backend.list_volumes()] == [volume.volume_id]
         assert await backend.device_path(volume.volume_id) == attached
@@ -110,7 +111,8 @@ async def test_clone_and_restore_through_kernel_partitions(disks: FakeDisks) -> 
     for name in ("src", "clone", "restored"):
         disks.add(name, 96 * MIB, partscan=True)
     snapshots = disks.root / "snapshots"
-    backend = RawdiskBackend("node-a", (disks.pattern,), ProcessRunner(), watch=False, snapshot_dir=str(snapshots))
+    options = RawdiskOptions(devices=(disks.pattern,), snapshot_dir=str(snapshots))
+    backend = RawdiskBackend("node-a", options, ProcessRunner(), watch=False)
     await backend.start()
     point = disks.root / "mnt"
     point.mkdir()

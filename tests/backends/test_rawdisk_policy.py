@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from backends import errors, rawdisk_claim
-from backends.rawdisk import pick_disk
-from backends.rawdisk_inventory import Disk, State, classify
+from backends import errors
+from backends.rawdisk import claim as rawdisk_claim
+from backends.rawdisk.backend import pick_disk
+from backends.rawdisk.inventory import Disk, State, classify
 from backends.system import blkid, gpt
 from backends.system.disks import DiskFacts, Match
 from backends.system.runner import Result

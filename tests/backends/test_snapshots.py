@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backends import loopfile, rawdisk_snapshots
+from backends.loopfile import records as loopfile
 from backends.metadata import load_record, write_record
+from backends.rawdisk import snapshots as rawdisk_snapshots
 from backends.snapshots import SCHEMA, SnapshotRecord
 
 COMMON = (

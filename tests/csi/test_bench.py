@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from csi.bench_client import CallFailed
-from csi.bench_fio import JOBS, parse_fio
-from csi.bench_report import render
-from csi.bench_stats import Recorder, Summary, cpu_per_op, percentile, sample_process
+from csi.bench.client import CallFailed
+from csi.bench.fio import JOBS, parse_fio
+from csi.bench.report import render
+from csi.bench.stats import Recorder, Summary, cpu_per_op, percentile, sample_process
 from tests.support import loops_backed_by, mounts_under
 
 REPO = Path(__file__).resolve().parents[2]

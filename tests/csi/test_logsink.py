@@ -7,7 +7,7 @@ import threading
 
 from loguru import logger
 
-from csi.logsink import BackgroundWriter
+from csi.cli.logsink import BackgroundWriter
 
 
 class SlowStream(io.StringIO):

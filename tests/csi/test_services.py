@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -20,7 +20,8 @@ from grpclib.testing import ChannelFor
 
 from backends import errors
 from backends.base import Backend, Capacity, Condition, Features, Volume, VolumeSpec
-from backends.system.runner import FakeRunner
+from backends.loopfile.options import LoopfileOptions
+from backends.system.testing import FakeRunner
 from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
 from csi.controller import ControllerService
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.anyio
 class ScriptedBackend:
     """An in-memory backend whose create_volume runs a test-supplied coroutine."""
 
-    name = "scripted"
+    name: ClassVar[str] = "scripted"
 
     def __init__(self, on_create: Callable[[VolumeSpec], Any] | None = None) -> None:
         self.on_create = on_create
@@ -118,9 +119,9 @@ class ScriptedBackend:
 
 @asynccontextmanager
 async def serve(backend: ScriptedBackend, mode: Mode = Mode.ALL) -> AsyncIterator[Channel]:
-    assert isinstance(backend, Backend)  # the scripted backend satisfies the protocol
     storage: Backend | None = backend if mode is not Mode.CONTROLLER else None
-    ctx = ServiceContext(DriverConfig("localcsi.dev", "n1", "unix:///unused", mode=mode), backend.features, storage)
+    config = DriverConfig("localcsi.dev", "n1", "unix:///unused", LoopfileOptions(), mode=mode)
+    ctx = ServiceContext(config, backend.features, storage)
     services: list[Any] = [IdentityService(ctx), ControllerService(ctx),
                            NodeService(ctx, FakeRunner(lambda argv: (0, "", "")))]
     async with anyio.create_task_group() as tg:

@@ -16,7 +16,8 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from csi.cli import backend_options, build_parser, factory_features
+from backends.rawdisk.options import RawdiskOptions
+from csi.cli.main import build_parser
 from csi.gen.csi import v1 as csi
 from tests.backends.rawdisk_support import MIB, FakeDisks, fake_disks, loops_over, rawdisk_driver, running_driver, sh
 from tests.csi.test_driver_loopfile import Lifecycle, expect
@@ -281,10 +282,11 @@ def sh_quiet(*argv: str) -> None:
 
 def test_the_flag_its_environment_fallback_and_controller_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["serve", "--backend", "rawdisk", "--rawdisk-snapshot-dir", "/srv/snaps"])
-    assert backend_options(args)["rawdisk_snapshot_dir"] == "/srv/snaps"
+    assert RawdiskOptions.from_arguments(args).snapshot_dir == "/srv/snaps"
     monkeypatch.setenv("LOCALCSI_RAWDISK_SNAPSHOT_DIR", "/srv/from-env")
     args = build_parser().parse_args(["serve", "--backend", "rawdisk"])
-    assert backend_options(args)["rawdisk_snapshot_dir"] == "/srv/from-env"
-    with_dir = factory_features("rawdisk", backend_options(args))
+    options = RawdiskOptions.from_arguments(args)
+    assert options.snapshot_dir == "/srv/from-env"
+    with_dir = options.features()  # what a controller-mode instance advertises from the same flags
     assert with_dir.snapshots and with_dir.clones and not with_dir.expansion
-    assert not factory_features("rawdisk", {"rawdisk_snapshot_dir": ""}).snapshots
+    assert not RawdiskOptions(snapshot_dir="").features().snapshots

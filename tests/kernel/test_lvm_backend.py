@@ -13,7 +13,8 @@ import pytest
 
 from backends import errors, node
 from backends.base import ContentSource, SourceKind, VolumeSpec, volume_id_for
-from backends.lvm import PARAM_TYPE, LvmBackend
+from backends.lvm.backend import PARAM_TYPE, LvmBackend
+from backends.lvm.options import LvmOptions
 from backends.system.runner import Result, Runner
 from tests.kernel.lvmtools import VolumeGroup, sh
 
@@ -40,7 +41,7 @@ def dm_devices() -> str:
 
 @pytest.fixture
 async def backend(lvm_vg: VolumeGroup, runner: Runner) -> AsyncIterator[LvmBackend]:
-    instance = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, runner)
+    instance = LvmBackend("node-a", LvmOptions(vg=lvm_vg.name, thinpool=lvm_vg.thinpool), runner)
     await instance.start()
     yield instance
     for volume in await instance.list_volumes():
@@ -155,7 +156,7 @@ class CountingRunner:
 
 async def test_the_node_path_runs_lvm_only_to_change_it(lvm_vg: VolumeGroup, runner: Runner) -> None:
     counting = CountingRunner(runner)
-    backend = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, counting)
+    backend = LvmBackend("node-a", LvmOptions(vg=lvm_vg.name, thinpool=lvm_vg.thinpool), counting)
     await backend.start()
     counting.tools.clear()
     volume = await backend.create_volume(spec("pvc-node-path", 12 * MIB, "thick"))
@@ -189,7 +190,7 @@ async def test_the_node_path_runs_lvm_only_to_change_it(lvm_vg: VolumeGroup, run
 
 
 async def test_thin_capacity_follows_the_overprovisioning_ratio(lvm_vg: VolumeGroup, runner: Runner) -> None:
-    backend = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, runner, overprovision=2.0)
+    backend = LvmBackend("node-a", LvmOptions(vg=lvm_vg.name, thinpool=lvm_vg.thinpool, thin_overprovision=2.0), runner)
     await backend.start()
     pool_bytes = int(
         sh(
@@ -223,7 +224,7 @@ async def test_a_new_instance_finds_every_volume_from_lvm_alone(
     await backend.publish_volume(a.volume_id, "node-a", readonly=False)
     device = await backend.attach(a.volume_id, readonly=False)
 
-    restarted = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, runner)
+    restarted = LvmBackend("node-a", LvmOptions(vg=lvm_vg.name, thinpool=lvm_vg.thinpool), runner)
     await restarted.start()
     found = {v.volume_id: v for v in await restarted.list_volumes()}
     assert set(found) == {a.volume_id, b.volume_id}
@@ -287,7 +288,7 @@ async def test_thin_snapshots_restores_and_clones_are_independent_thin_lvs(
         await backend.create_volume(replace(spec("pvc-small", 4 * MIB, "thin"),
                                             source=ContentSource(SourceKind.SNAPSHOT, snap.snapshot_id)))
 
-    restarted = LvmBackend("node-a", lvm_vg.name, lvm_vg.thinpool, runner)
+    restarted = LvmBackend("node-a", LvmOptions(vg=lvm_vg.name, thinpool=lvm_vg.thinpool), runner)
     await restarted.start()
     assert await restarted.list_snapshots() == [snap]
     assert (await restarted.get_volume(clone.volume_id)).source == ContentSource(SourceKind.VOLUME, source.volume_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
-from backends.lvm import PARAM_TYPE
+from backends.lvm.backend import PARAM_TYPE
 from csi.gen.csi import v1 as csi
 from tests.csi.test_driver_loopfile import PAYLOAD, Lifecycle, expect
 from tests.kernel.lvmdriver import NO_LEAKS, dm_names, leaks, lvm_driver, volume_lvs

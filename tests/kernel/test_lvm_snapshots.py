@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from grpclib.const import Status
 
-from backends.lvm import PARAM_TYPE
+from backends.lvm.backend import PARAM_TYPE
 from csi.gen.csi import v1 as csi
 from tests.csi.test_driver_loopfile import PAYLOAD, Lifecycle, expect
 from tests.csi.test_snapshots_loopfile import Restored, copy_while_written, from_snapshot, from_volume

@@ -19,10 +19,11 @@ import backends.metadata as metadata
 import backends.paths as paths
 from backends import errors, faults
 from backends.base import AccessType, VolumeSpec
-from backends.loopfile import LoopfileBackend
+from backends.loopfile.backend import LoopfileBackend
+from backends.loopfile.options import LoopfileOptions
 from backends.system import loop
 from backends.system.errors import SyscallError
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 from csi import wire
 from csi.errors import status_for
 from csi.gen.csi import v1 as csi
@@ -92,8 +93,8 @@ def test_short_writes_still_produce_a_whole_record(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.anyio
 async def test_delete_volume_works_on_a_full_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = LoopfileBackend("n1", str(tmp_path), FakeRunner(lambda argv: (0, "", "")))
-    monkeypatch.setattr("backends.loopfile.require_tools", lambda names: None)
+    backend = LoopfileBackend("n1", LoopfileOptions(directory=str(tmp_path)), FakeRunner(lambda argv: (0, "", "")))
+    monkeypatch.setattr("backends.loopfile.backend.require_tools", lambda names: None)
     await backend.start()
     volume = await backend.create_volume(VolumeSpec("pvc-full", 4 * MIB, 0, {"loopfile.localcsi.dev/provisioning":
                                                                              "thin"}, AccessType.BLOCK, "", None))
@@ -101,7 +102,7 @@ async def test_delete_volume_works_on_a_full_filesystem(tmp_path: Path, monkeypa
     def no_room(path: str, record: object) -> None:
         raise errors.CapacityExhausted("no room to write metadata")
 
-    monkeypatch.setattr("backends.loopfile.write_record", no_room)
+    monkeypatch.setattr("backends.loopfile.backend.write_record", no_room)
     await backend.delete_volume(volume.volume_id)
     assert not list(tmp_path.glob(f"{volume.volume_id}.*"))
     with pytest.raises(errors.VolumeNotFound):
@@ -167,7 +168,7 @@ async def test_attach_after_a_deferred_detach_gives_a_live_device(tmp_path: Path
     the kernel keeps it bound (autoclear) until that last close, then drops it. A NodeStage retry must not mkfs it."""
     from backends.system.runner import ProcessRunner
 
-    backend = LoopfileBackend("n1", str(tmp_path / "volumes"), ProcessRunner())
+    backend = LoopfileBackend("n1", LoopfileOptions(directory=str(tmp_path / "volumes")), ProcessRunner())
     await backend.start()
     volume = await backend.create_volume(VolumeSpec("pvc-deferred", 16 * MIB, 0, {}, fs_type="ext4"))
     first = await backend.attach(volume.volume_id, readonly=False)

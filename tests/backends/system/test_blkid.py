@@ -4,7 +4,8 @@ import pytest
 
 from backends.system import blkid
 from backends.system.errors import CommandError
-from backends.system.runner import FakeRunner, Result
+from backends.system.runner import Result
+from backends.system.testing import FakeRunner
 from tests.backends.system.fixtures import DATA
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,7 @@ import pytest
 from backends import errors
 from backends.system import lvm
 from backends.system.errors import CommandError
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 
 pytestmark = pytest.mark.anyio
 

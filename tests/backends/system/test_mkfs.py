@@ -5,7 +5,7 @@ import pytest
 from backends.errors import InvalidArgument
 from backends.system import mkfs
 from backends.system.errors import CommandError
-from backends.system.runner import FakeRunner
+from backends.system.testing import FakeRunner
 
 pytestmark = pytest.mark.anyio
 

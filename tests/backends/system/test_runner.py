@@ -10,7 +10,8 @@ import pytest
 
 from backends.errors import Unavailable
 from backends.system.errors import CommandError, CommandTimeout
-from backends.system.runner import FakeRunner, ProcessRunner, Result, require_tools
+from backends.system.runner import ProcessRunner, Result, require_tools
+from backends.system.testing import FakeRunner
 
 pytestmark = pytest.mark.anyio
 

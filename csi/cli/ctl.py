@@ -18,8 +18,8 @@ import betterproto2
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
+from csi.config import Endpoint
 from csi.gen.csi import v1 as csi
-from csi.server import Endpoint
 
 UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
          "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}

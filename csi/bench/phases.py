@@ -17,8 +17,8 @@ from typing import Any
 
 import anyio
 
-from csi.bench_client import CsiClient
-from csi.bench_stats import ProcSample, Recorder, Summary, cpu_per_op, sample_process
+from csi.bench.client import CsiClient
+from csi.bench.stats import ProcSample, Recorder, Summary, cpu_per_op, sample_process
 from csi.gen.csi import v1 as csi
 
 MIB = 1 << 20

@@ -25,14 +25,11 @@ from dataclasses import dataclass
 import anyio
 from loguru import logger
 
-from backends import rawdisk_claim
 from backends.errors import SystemFailure
+from backends.rawdisk import claim as rawdisk_claim
+from backends.rawdisk.options import DEFAULT_MIN_BYTES
 from backends.system import blkid, disks, gpt
 from backends.system.runner import Runner
-
-MIB = 1 << 20
-#: Smallest volume a disk may provide (the partition, after GPT and alignment).
-DEFAULT_MIN_BYTES = 32 * MIB
 
 
 class State(enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from csi.bench_fio import RAW_DEVICE
+from csi.bench.fio import RAW_DEVICE
 
 #: csi-driver-host-path v1.18 on this machine (kind, Python grpcio client); see docs/benchmarks.md.
 REFERENCE = {

@@ -1,10 +1,10 @@
 """The ``rawdisk`` backend: each volume is one whole disk from an allow-list.
 
 Only devices matching a ``--rawdisk-device`` glob are ever looked at, and of
-those only the eligible ones (see :mod:`backends.rawdisk_inventory`) are ever
+those only the eligible ones (see :mod:`backends.rawdisk.inventory`) are ever
 written. CreateVolume claims the best-fitting free disk (the smallest that
 satisfies the capacity range) by writing our GPT with one partition named
-after the volume (:mod:`backends.rawdisk_claim`); the volume's data lives in
+after the volume (:mod:`backends.rawdisk.claim`); the volume's data lives in
 that partition and its capacity is the partition's size. The driver keeps no
 other state: at start-up, and again whenever the kernel reports a block device
 appearing, changing or vanishing (a uevent listener started in :meth:`start`),
@@ -32,7 +32,7 @@ volume whose filesystem is mounted is frozen for the copy, so the copy is
 consistent; a raw block source in use is refused (a copy could be torn).
 Snapshots need somewhere honest to live: with ``--rawdisk-snapshot-dir`` each
 is a sparse image of the partition in that directory
-(:mod:`backends.rawdisk_snapshots`), and only then are the snapshot
+(:mod:`backends.rawdisk.snapshots`), and only then are the snapshot
 capabilities advertised. Every copy costs the source's full size in I/O time.
 """
 
@@ -43,13 +43,13 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
-from backends import errors, paths, rawdisk_claim
+from backends import errors, paths
 from backends.base import (
     Capacity,
     Condition,
@@ -62,16 +62,24 @@ from backends.base import (
     published,
     snapshot_id_for,
 )
+from backends.copies import held_still, thaw_after_crash
 from backends.faults import fault_point
-from backends.rawdisk_inventory import DEFAULT_MIN_BYTES, Disk, State, exclude_duplicate_claims, inspect_one, scan
-from backends.rawdisk_snapshots import CREATING, READY, SnapshotRecord, SnapshotStore, check_snapshot_parameters
-from backends.system import blockcopy, disks, gpt, loop, reflink, uevents
+from backends.provisioning import (
+    CONTEXT_BACKEND,
+    Existing,
+    check_copy_range,
+    check_repeat,
+    check_snapshot_parameters,
+    minimum_bytes,
+    parse_parameters,
+)
+from backends.rawdisk import claim as rawdisk_claim
+from backends.rawdisk.inventory import Disk, State, exclude_duplicate_claims, inspect_one, scan
+from backends.rawdisk.options import RawdiskOptions
+from backends.rawdisk.snapshots import CREATING, READY, SnapshotRecord, SnapshotStore
+from backends.system import blockcopy, disks, gpt, loop, uevents
 from backends.system.runner import Runner, require_tools
 
-MIB = 1 << 20
-MIN_FS_BYTES: Mapping[str, int] = {"xfs": 300 * MIB, "ext4": 16 * MIB}
-IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
-CONTEXT_BACKEND = "localcsi.dev/backend"
 CONTEXT_DISK = "localcsi.dev/disk"
 #: How long hotplug events are gathered before one rescan.
 RESCAN_DELAY = 0.2
@@ -115,9 +123,8 @@ class CopySource:
 
 
 def check_parameters(parameters: Mapping[str, str]) -> None:
-    for key in parameters:
-        if not key.startswith(IGNORED_PARAM_PREFIXES):
-            raise errors.UnsupportedParameter(f"unknown parameter {key!r} for the rawdisk backend")
+    """rawdisk has no StorageClass parameters of its own."""
+    parse_parameters(parameters, "rawdisk", {})
 
 
 def pick_disk(free: list[Disk], required_bytes: int, limit_bytes: int) -> Disk:
@@ -142,12 +149,14 @@ class RawdiskBackend:
 
     name: ClassVar[str] = "rawdisk"
 
-    def __init__(self, node_id: str, patterns: tuple[str, ...], runner: Runner, *,
-                 min_bytes: int = DEFAULT_MIN_BYTES, watch: bool = True, snapshot_dir: str = "") -> None:
+    def __init__(self, node_id: str, options: RawdiskOptions, runner: Runner, *, watch: bool = True) -> None:
+        """``watch``: follow kernel uevents (tests that drive rescans themselves turn it off)."""
+        options.validate()
         self._node_id = node_id
-        self._patterns = patterns
+        self._patterns = options.devices
         self._runner = runner
-        self._min_bytes = min_bytes
+        self._min_bytes = options.min_bytes
+        snapshot_dir = options.snapshot_dir
         self._watch = watch
         self._disks: dict[str, Disk] = {}
         self._volumes: dict[str, VolumeEntry] = {}
@@ -171,9 +180,7 @@ class RawdiskBackend:
         self._scans = 0
         self._disk_reads = 0
         self._tg: TaskGroup | None = None
-        self._features = Features(block=True, filesystem=True, expansion=False,
-                                  snapshots=self._snapshots is not None, clones=True,
-                                  fs_types=("ext4", "xfs"), min_fs_bytes=MIN_FS_BYTES)
+        self._features = options.features()
 
     @property
     def features(self) -> Features:
@@ -322,7 +329,7 @@ class RawdiskBackend:
 
     # -- controller ---------------------------------------------------------
     def _required(self, spec: VolumeSpec) -> int:
-        return max(spec.required_bytes, MIN_FS_BYTES.get(spec.fs_type, 0) if spec.fs_type else 0, 1)
+        return max(spec.required_bytes, minimum_bytes(spec.fs_type, 1))
 
     async def create_volume(self, spec: VolumeSpec) -> Volume:
         check_parameters(spec.parameters)
@@ -385,12 +392,7 @@ class RawdiskBackend:
 
     def _required_for_copy(self, spec: VolumeSpec, source_bytes: int) -> int:
         """A clone or restore needs a disk at least the source's size; asking for less is OUT_OF_RANGE."""
-        if spec.required_bytes and spec.required_bytes < source_bytes:
-            raise errors.OutOfRange(f"the content source holds {source_bytes} bytes; a volume of "
-                                    f"{spec.required_bytes} bytes cannot hold it")
-        if spec.limit_bytes and spec.limit_bytes < source_bytes:
-            raise errors.OutOfRange(
-                f"the content source holds {source_bytes} bytes, more than the limit of {spec.limit_bytes} bytes")
+        check_copy_range(spec, source_bytes)
         return max(self._required(spec), source_bytes)
 
     async def _fill(self, entry: VolumeEntry, source: CopySource) -> VolumeEntry:
@@ -399,7 +401,7 @@ class RawdiskBackend:
         self._copying.add(volume_id)
         try:
             target = replace(self._partition_range(entry), length=source.size_bytes)
-            async with self._consistent(source.volume_id):
+            async with self._held_still(source.volume_id):
                 stats = await blockcopy.copy(source.data, target)
             logger.info("copied {} bytes ({} of data) onto {} in {:.1f} s ({:.0f} MiB/s)", stats.bytes_total,
                         stats.bytes_data, entry.disk.path, stats.seconds, stats.mib_per_second)
@@ -467,22 +469,11 @@ class RawdiskBackend:
         return await self._classify(disk, facts)
 
     @contextlib.asynccontextmanager
-    async def _consistent(self, volume_id: str) -> AsyncIterator[None]:
-        """Hold a source volume still for a copy: freeze its mounted filesystem, refuse a raw block device in use."""
+    async def _held_still(self, volume_id: str) -> AsyncIterator[None]:
+        """Hold a source volume still for a copy (a block-for-block copy is never atomic)."""
         device = await self.device_path(volume_id) if volume_id else None
-        if device is None:
+        async with held_still(volume_id, device):
             yield
-            return
-        mounts = await paths.filesystem_mounts(device)
-        if mounts:
-            async with reflink.frozen(mounts[0], await paths.device_number(device)):
-                yield
-            return
-        users = await paths.device_in_use(device)
-        if users:
-            raise errors.VolumeInUse(f"block volume {volume_id} is in use at {', '.join(users)}: a copy would not "
-                                     "be consistent; unpublish it first")
-        yield
 
     async def _finish_interrupted(self) -> None:
         """At start-up: thaw what a crashed copy may have left frozen, remove unfinished clones and snapshots."""
@@ -491,7 +482,7 @@ class RawdiskBackend:
                    if e.claim.record.source is not None and e.claim.record.source.kind is SourceKind.VOLUME}
         sources |= {s.source_volume_id for s in interrupted if s.state == CREATING}
         for volume_id in sorted(sources):
-            await paths.thaw_after_crash(await self.device_path(volume_id), volume_id)
+            await thaw_after_crash(volume_id, await self.device_path(volume_id))
         for snap in interrupted:
             logger.warning("removing unfinished snapshot {} ({})", snap.snapshot_id, snap.state)
             if self._snapshots is not None:
@@ -503,19 +494,10 @@ class RawdiskBackend:
             except errors.BackendError as exc:
                 logger.error("cannot wipe unfinished volume {}: {}", volume_id, exc)
 
-    def _check_compatible(self, existing: VolumeEntry, spec: VolumeSpec) -> Volume:
-        size = existing.claim.partition_bytes
-        name = existing.claim.record.name
-        if name and name != spec.name:
-            raise errors.VolumeConflict(f"volume id {existing.claim.volume_id} belongs to another name")
-        if spec.required_bytes and size < spec.required_bytes:
-            raise errors.VolumeConflict(
-                f"volume {spec.name!r} exists with {size} bytes, less than the {spec.required_bytes} bytes asked for")
-        if spec.limit_bytes and size > spec.limit_bytes:
-            raise errors.VolumeConflict(
-                f"volume {spec.name!r} exists with {size} bytes, more than the limit of {spec.limit_bytes} bytes")
-        if existing.claim.record.source != spec.source:
-            raise errors.VolumeConflict(f"volume {spec.name!r} exists with another content source")
+    @staticmethod
+    def _check_compatible(existing: VolumeEntry, spec: VolumeSpec) -> Volume:
+        claim = existing.claim
+        check_repeat(Existing(claim.volume_id, claim.record.name, claim.partition_bytes, claim.record.source), spec)
         return existing.to_volume()
 
     async def _claim(self, disk: Disk, spec: VolumeSpec, *, copying: bool = False) -> VolumeEntry:
@@ -746,7 +728,7 @@ class RawdiskBackend:
 
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
         store = self._store()
-        check_snapshot_parameters(parameters)
+        check_snapshot_parameters(parameters, "rawdisk")
         snapshot_id = snapshot_id_for(name)
         existing = store.get(snapshot_id)
         if existing is not None:
@@ -760,7 +742,7 @@ class RawdiskBackend:
         await store.begin(record)
         try:
             image = blockcopy.Range(store.image(snapshot_id), 0, source.length, blockcopy.Kind.IMAGE)
-            async with self._consistent(source_volume_id):
+            async with self._held_still(source_volume_id):
                 fault_point("rawdisk.snapshot.after_freeze")
                 stats = await blockcopy.copy(source, image)
             record = await store.finish(replace(record, state=READY, data_bytes=stats.bytes_data))
@@ -784,11 +766,3 @@ class RawdiskBackend:
 
     async def list_snapshots(self) -> list[Snapshot]:
         return [r.to_snapshot() for r in self._snapshots.records()] if self._snapshots is not None else []
-
-
-def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> RawdiskBackend:
-    patterns = tuple(str(p) for p in options.get("rawdisk_devices", ()) or ())
-    min_bytes = int(options.get("rawdisk_min_bytes", 0) or DEFAULT_MIN_BYTES)
-    snapshot_dir = str(options.get("rawdisk_snapshot_dir", "") or "")
-    return RawdiskBackend(node_id, patterns, runner, min_bytes=min_bytes, snapshot_dir=snapshot_dir)
-

@@ -31,9 +31,9 @@ from typing import Any
 
 import anyio
 
-from csi import bench_phases as phases
-from csi.bench_client import CallFailed, CsiClient
-from csi.bench_stats import ProcSample
+from csi.bench import phases
+from csi.bench.client import CallFailed, CsiClient
+from csi.bench.stats import ProcSample
 
 MIB = 1 << 20
 DEFAULT_FS = ("ext4", "xfs")
@@ -179,7 +179,7 @@ async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any
         ]
         record_load(report, "provision")
     if opts.wants("bare") and not a.no_bare:
-        from csi.bench_bare import provision_bare
+        from csi.bench.bare import provision_bare
 
         try:
             report["bare"] = [await provision_bare(opts.bare_dir, fs, a.iterations, a.volume_size,
@@ -193,7 +193,7 @@ async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any
                                              fs_type=a.cd_fs_type, page_size=a.page_size, in_flight=16)
         record_load(report, "scale")
     if a.fio and opts.wants("fio"):
-        from csi.bench_fio import data_path
+        from csi.bench.fio import data_path
 
         report["fio"] = await data_path(target, opts.bare_dir, a.fio_size, a.fio_runtime, a.fio_variants,
                                         baseline_device=a.fio_baseline_device)
@@ -202,7 +202,7 @@ async def run_phases(opts: Options, target: phases.Target, report: dict[str, Any
 
 
 async def bench(opts: Options, spawned: Spawned | None) -> dict[str, Any]:
-    from csi.bench_client import open_transport
+    from csi.bench.client import open_transport
 
     transport = open_transport(opts.endpoint, opts.client)
     client = CsiClient(transport)
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json_file, "w", encoding="utf-8") as out:
             json.dump(report, out, indent=2, sort_keys=False)
             out.write("\n")
-    from csi.bench_report import render
+    from csi.bench.report import render
 
     print(render(report))
     return 0

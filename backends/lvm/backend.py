@@ -87,10 +87,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import anyio
 from loguru import logger
@@ -98,7 +97,6 @@ from loguru import logger
 from backends import errors, paths
 from backends.base import (
     Capacity,
-    Condition,
     ContentSource,
     Features,
     Snapshot,
@@ -110,138 +108,53 @@ from backends.base import (
     published,
     snapshot_id_for,
 )
+from backends.lvm.options import LvmOptions
+from backends.lvm.tags import (
+    TAG_CREATED,
+    TAG_FORMAT,
+    TAG_NAME,
+    TAG_OWNER,
+    TAG_PUBLISHED,
+    TAG_READONLY,
+    TAG_SNAPSHOT_NAME,
+    TAG_SOURCE_VOLUME,
+    condition_of,
+    content_source_of,
+    decode_tags,
+    encode_tag,
+    owned,
+    owned_snapshot,
+    source_tag,
+    to_snapshot,
+    to_volume,
+)
+from backends.provisioning import (
+    MIB,
+    Existing,
+    check_repeat,
+    check_snapshot_parameters,
+    copy_size,
+    parse_parameters,
+    round_up,
+    volume_size,
+)
 from backends.system.errors import CommandError
 from backends.system.lvm import LogicalVolume, LogicalVolumeNotFound, Lvm, VolumeGroup, VolumeGroupNotFound
 from backends.system.runner import Runner
 from backends.system.stats import block_device_size
 
-MIB = 1 << 20
-GIB = 1 << 30
-DEFAULT_SIZE_BYTES = 1 * GIB
-#: mkfs.xfs refuses filesystems smaller than 300 MiB.
-MIN_FS_BYTES: Mapping[str, int] = {"xfs": 300 * MIB}
-
 PARAM_TYPE = "lvm.localcsi.dev/type"
-IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
-CONTEXT_BACKEND = "localcsi.dev/backend"
-CONTEXT_PROVISIONING = "localcsi.dev/provisioning"
-
-TAG_OWNER = "localcsi.dev/owner=localcsi"
-TAG_FORMAT = "localcsi.dev/format=1"
-TAG_NAME = "localcsi.dev/name"
-TAG_PUBLISHED = "localcsi.dev/published"
-TAG_READONLY = "localcsi.dev/published-ro"
-TAG_CONTENT_SOURCE = "localcsi.dev/content-source"
-TAG_SNAPSHOT_NAME = "localcsi.dev/snapshot-name"
-TAG_SOURCE_VOLUME = "localcsi.dev/source-volume"
-TAG_CREATED = "localcsi.dev/created"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PLAIN = re.compile(r"^[A-Za-z0-9_+.\-:]{1,900}$")
+PARAMETERS = {PARAM_TYPE: ("thick", "thin")}
 
 
-def round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
-
-
-def encode_tag(key: str, value: str) -> str:
-    """``key=value`` when LVM can hold ``value`` as it is, else ``key.hex=<hex>``."""
-    if _PLAIN.match(value):
-        return f"{key}={value}"
-    return f"{key}.hex={value.encode().hex()}"
-
-
-def decode_tags(tags: Iterable[str], key: str) -> list[str]:
-    values = []
-    for tag in tags:
-        if tag.startswith(f"{key}="):
-            values.append(tag[len(key) + 1 :])
-        elif tag.startswith(f"{key}.hex="):
-            try:
-                values.append(bytes.fromhex(tag[len(key) + 5 :]).decode())
-            except ValueError:
-                logger.warning("ignoring malformed LV tag {tag!r}", tag=tag)
-    return values
-
-
-def owned(lv: LogicalVolume) -> bool:
-    return TAG_OWNER in lv.tags and is_volume_id(lv.name) and not lv.hidden
-
-
-def owned_snapshot(lv: LogicalVolume) -> bool:
-    return TAG_OWNER in lv.tags and is_snapshot_id(lv.name) and not lv.hidden
-
-
-def content_source_of(lv: LogicalVolume) -> ContentSource | None:
-    for value in decode_tags(lv.tags, TAG_CONTENT_SOURCE):
-        kind, _, source_id = value.partition(":")
-        with contextlib.suppress(ValueError):
-            return ContentSource(SourceKind(kind), source_id)
-    return None
-
-
-def source_tag(source: ContentSource) -> str:
-    return encode_tag(TAG_CONTENT_SOURCE, f"{source.kind.value}:{source.source_id}")
-
-
-def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:
-    for key in parameters:
-        if not key.startswith(IGNORED_PARAM_PREFIXES):
-            raise errors.UnsupportedParameter(f"unknown snapshot parameter {key!r} for the lvm backend")
-
-
-def to_snapshot(lv: LogicalVolume) -> Snapshot:
-    names = decode_tags(lv.tags, TAG_SNAPSHOT_NAME)
-    sources = decode_tags(lv.tags, TAG_SOURCE_VOLUME)
-    created = EPOCH
-    for value in decode_tags(lv.tags, TAG_CREATED):
-        with contextlib.suppress(ValueError):
-            created = datetime.fromisoformat(value)
-    return Snapshot(
-        snapshot_id=lv.name,
-        name=names[0] if names else "",
-        source_volume_id=sources[0] if sources else "",
-        size_bytes=lv.size_bytes,
-        creation_time=created,
-    )
-
-
-def parse_type(parameters: Mapping[str, str], default_thin: bool, has_pool: bool) -> bool:
-    """Whether the parameters ask for a thin volume; unknown keys are an error."""
-    thin = default_thin
-    for key, value in parameters.items():
-        if key == PARAM_TYPE:
-            if value not in ("thick", "thin"):
-                raise errors.UnsupportedParameter(f"{PARAM_TYPE} must be 'thick' or 'thin', not {value!r}")
-            thin = value == "thin"
-        elif not key.startswith(IGNORED_PARAM_PREFIXES):
-            raise errors.UnsupportedParameter(f"unknown parameter {key!r} for the lvm backend")
+def parse_type(parameters: Mapping[str, str], has_pool: bool) -> bool:
+    """Whether the parameters ask for a thin volume (the default when there is a thin pool); unknown keys are
+    an error."""
+    chosen = parse_parameters(parameters, "lvm", PARAMETERS).get(PARAM_TYPE)
+    thin = has_pool if chosen is None else chosen == "thin"
     if thin and not has_pool:
         raise errors.UnsupportedParameter(f"{PARAM_TYPE}=thin needs a thin pool (--lvm-thinpool)")
     return thin
-
-
-def condition_of(lv: LogicalVolume, pool: LogicalVolume | None) -> Condition:
-    problem = lv.problem()
-    if problem is None and lv.thin and pool is not None:
-        pool_problem = pool.problem()
-        if pool_problem:
-            problem = f"thin pool {pool.name}: {pool_problem}"
-    if problem:
-        return Condition(abnormal=True, message=problem)
-    return Condition(message="volume is healthy" if lv.active else "volume is healthy (inactive)")
-
-
-def to_volume(lv: LogicalVolume, condition: Condition | None = None) -> Volume:
-    names = decode_tags(lv.tags, TAG_NAME)
-    return Volume(
-        volume_id=lv.name,
-        name=names[0] if names else "",
-        capacity_bytes=lv.size_bytes,
-        context={CONTEXT_BACKEND: "lvm", CONTEXT_PROVISIONING: "thin" if lv.thin else "thick"},
-        source=content_source_of(lv),
-        published_node_ids=tuple(sorted(decode_tags(lv.tags, TAG_PUBLISHED))),
-        condition=condition or condition_of(lv, None),
-    )
 
 
 class LvmBackend:
@@ -249,30 +162,21 @@ class LvmBackend:
 
     name: ClassVar[str] = "lvm"
 
-    def __init__(self, node_id: str, vg: str, thinpool: str | None, runner: Runner, overprovision: float = 1.0) -> None:
-        if not vg:
+    def __init__(self, node_id: str, options: LvmOptions, runner: Runner) -> None:
+        options.validate()
+        if not options.vg:
             raise errors.InvalidArgument("the lvm backend needs a volume group (--lvm-vg)")
-        if overprovision < 1.0:
-            raise errors.InvalidArgument("the thin overprovisioning ratio must be at least 1.0")
         self._node_id = node_id
-        self._vg = vg
-        self._pool = thinpool or None
-        self._ratio = overprovision
+        self._vg = options.vg
+        self._pool = options.thinpool or None
+        self._ratio = options.thin_overprovision
         self._lvm = Lvm(runner)
         self._runner = runner
         self._extent = 4 * MIB
         self._index: dict[str, LogicalVolume] = {}
         self._snapshots: dict[str, LogicalVolume] = {}
         self._pool_lock = anyio.Lock()
-        self._features = Features(
-            block=True,
-            filesystem=True,
-            expansion=True,
-            snapshots=self._pool is not None,
-            clones=self._pool is not None,
-            fs_types=("ext4", "xfs"),
-            min_fs_bytes=MIN_FS_BYTES,
-        )
+        self._features = options.features()
 
     @property
     def features(self) -> Features:
@@ -378,19 +282,6 @@ class LvmBackend:
         self._index[lv.name] = dataclasses.replace(lv, tags=kept + tuple(t for t in add if t not in kept))
 
     # controller -----------------------------------------------------------
-    def _size_for(self, spec: VolumeSpec) -> int:
-        minimum = MIN_FS_BYTES.get(spec.fs_type, self._extent)
-        wanted = spec.required_bytes or (
-            min(DEFAULT_SIZE_BYTES, spec.limit_bytes) if spec.limit_bytes else DEFAULT_SIZE_BYTES
-        )
-        size = round_up(max(wanted, minimum, 1), self._extent)
-        if spec.limit_bytes and size > spec.limit_bytes:
-            raise errors.OutOfRange(
-                f"the smallest volume this backend can make for the request is {size} bytes (whole "
-                f"{self._extent}-byte extents), above the limit of {spec.limit_bytes} bytes"
-            )
-        return size
-
     async def create_volume(self, spec: VolumeSpec) -> Volume:
         """Make the LV, or answer with the one an earlier call made for the same name.
 
@@ -398,7 +289,7 @@ class LvmBackend:
         been removed behind our back). A new name goes straight to ``lvcreate``: LVM's own "already exists"
         is the check for an LV the index does not know (one made by another instance, or not ours at all).
         """
-        thin = parse_type(spec.parameters, self._pool is not None, self._pool is not None)
+        thin = parse_type(spec.parameters, self._pool is not None)
         volume_id = spec.volume_id
         existing = await self._lookup(volume_id) if volume_id in self._index else None
         if existing is not None:
@@ -416,7 +307,7 @@ class LvmBackend:
         tags = [TAG_OWNER, TAG_FORMAT, encode_tag(TAG_NAME, spec.name)]
         if spec.source is not None:
             return await self._create_from_source(spec, spec.source, thin, tags)
-        size = self._size_for(spec)
+        size = volume_size(spec, self._extent)
         if thin:
             assert self._pool is not None
             async with self._pool_lock:
@@ -445,20 +336,9 @@ class LvmBackend:
             raise errors.VolumeConflict(f"an LV {self._vg}/{lv.name} not created by localcsi is in the way")
         if spec.name not in decode_tags(lv.tags, TAG_NAME):
             raise errors.VolumeConflict(f"volume id {lv.name} belongs to another name")
-        if spec.required_bytes and lv.size_bytes < spec.required_bytes:
-            raise errors.VolumeConflict(
-                f"volume {spec.name!r} exists with {lv.size_bytes} bytes, less than the {spec.required_bytes} "
-                "bytes asked for"
-            )
-        if spec.limit_bytes and lv.size_bytes > spec.limit_bytes:
-            raise errors.VolumeConflict(
-                f"volume {spec.name!r} exists with {lv.size_bytes} bytes, more than the limit of "
-                f"{spec.limit_bytes} bytes"
-            )
-        if lv.thin != thin:
-            raise errors.VolumeConflict(f"volume {spec.name!r} exists as a {'thin' if lv.thin else 'thick'} LV")
-        if content_source_of(lv) != spec.source:
-            raise errors.VolumeConflict(f"volume {spec.name!r} exists with another content source")
+        kind = {"provisioning": "thin" if lv.thin else "thick"}
+        check_repeat(Existing(lv.name, "", lv.size_bytes, content_source_of(lv), kind), spec,
+                     {"provisioning": "thin" if thin else "thick"})
         self._index[lv.name] = lv
         return to_volume(lv)
 
@@ -472,7 +352,7 @@ class LvmBackend:
                 f"a volume restored or cloned by the lvm backend is a thin LV; {PARAM_TYPE}=thick cannot be honoured"
             )
         origin = await self._origin(source)
-        size = self._size_for_copy(spec, origin.size_bytes)
+        size = copy_size(spec, origin.size_bytes, self._extent)
         volume_id = spec.volume_id
         async with self._pool_lock:
             await self._reserve_thin(size)
@@ -510,20 +390,6 @@ class LvmBackend:
                 "a full block copy)"
             )
         return origin
-
-    def _size_for_copy(self, spec: VolumeSpec, source_bytes: int) -> int:
-        """At least the source's size (no smaller filesystem holds its data), in whole extents."""
-        size = round_up(spec.required_bytes, self._extent) if spec.required_bytes else source_bytes
-        if size < source_bytes:
-            raise errors.OutOfRange(
-                f"the content source holds {source_bytes} bytes; a volume of {spec.required_bytes} bytes cannot "
-                "hold it"
-            )
-        if spec.limit_bytes and size > spec.limit_bytes:
-            raise errors.OutOfRange(
-                f"the content source holds {source_bytes} bytes, more than the limit of {spec.limit_bytes} bytes"
-            )
-        return size
 
     async def _thin_available(self) -> tuple[int, LogicalVolume]:
         """Bytes of virtual size the pool may still hand out, and the pool."""
@@ -580,7 +446,7 @@ class LvmBackend:
         ]
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
-        thin = parse_type(parameters, self._pool is not None, self._pool is not None)
+        thin = parse_type(parameters, self._pool is not None)
         if thin:
             available, _ = await self._thin_available()
         else:
@@ -719,7 +585,7 @@ class LvmBackend:
         return lv
 
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
-        check_snapshot_parameters(parameters)
+        check_snapshot_parameters(parameters, "lvm")
         snapshot_id = snapshot_id_for(name)
         existing = await self._lvm.logical_volume(self._vg, snapshot_id)
         if existing is not None:
@@ -771,14 +637,3 @@ class LvmBackend:
 
     async def list_snapshots(self) -> list[Snapshot]:
         return [to_snapshot(self._snapshots[key]) for key in sorted(self._snapshots)]
-
-
-def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> LvmBackend:
-    """The registry's factory: ``lvm_vg``, ``lvm_thinpool``, ``lvm_thin_overprovision``."""
-    return LvmBackend(
-        node_id,
-        str(options.get("lvm_vg") or ""),
-        str(options.get("lvm_thinpool") or "") or None,
-        runner,
-        overprovision=float(options.get("lvm_thin_overprovision") or 1.0),
-    )

@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import anyio
 from loguru import logger
@@ -70,40 +70,31 @@ from backends.base import (
     published,
     snapshot_id_for,
 )
+from backends.copies import held_still, thaw_after_crash
 from backends.faults import fault_point
+from backends.loopfile.options import LoopfileOptions
+from backends.loopfile.records import CREATING, DELETING, READY, SCHEMA, ImageRecord, SnapshotRecord
 from backends.metadata import fsync_directory, fsync_path, load_record, write_record
+from backends.provisioning import (
+    MIB,
+    Existing,
+    check_repeat,
+    check_snapshot_parameters,
+    copy_size,
+    parse_parameters,
+    round_up,
+    volume_size,
+)
 from backends.snapshots import SCHEMA as SNAPSHOT_SCHEMA
-from backends.snapshots import SnapshotRecord as BaseSnapshotRecord
 from backends.system import loop, reflink
+from backends.system.loop import LOGICAL_BLOCK_BYTES
 from backends.system.runner import Runner, require_tools
 
-SCHEMA = 1
-MIB = 1 << 20
-GIB = 1 << 30
-DEFAULT_SIZE_BYTES = 1 * GIB
-#: mkfs.xfs refuses filesystems smaller than 300 MiB.
-MIN_FS_BYTES: Mapping[str, int] = {"xfs": 300 * MIB, "ext4": 16 * MIB, "": 16 * MIB}
-MIN_BLOCK_BYTES = 1 * MIB
-#: Logical block size of the loop device of every new volume, fixed for its life (and its copies').
-#: Left to the kernel it follows the image's direct-I/O alignment, which on xfs becomes the
-#: filesystem block size once the image shares extents: a filesystem made with 1 KiB blocks on a
-#: 512-byte device would then no longer mount after its first snapshot.
-LOGICAL_BLOCK_BYTES = 4096
-
 PARAM_PROVISIONING = "loopfile.localcsi.dev/provisioning"
-#: Keys the external-provisioner adds on its own (``--extra-create-metadata``) and we accept silently.
-IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
-CONTEXT_BACKEND = "localcsi.dev/backend"
-CONTEXT_PROVISIONING = "localcsi.dev/provisioning"
-
-CREATING, READY, DELETING = "creating", "ready", "deleting"
+PARAMETERS = {PARAM_PROVISIONING: ("thick", "thin")}
 #: Prefix of an image being created or deleted (start-up removes it and its record).
 PENDING_PREFIX = ".tmp-"
 SNAPSHOT_DIR = "snapshots"
-
-
-def round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
 
 
 @dataclass(frozen=True)
@@ -117,101 +108,9 @@ class _CopySource:
     block_size: int
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One volume's metadata record, as stored in ``<id>.json``."""
-
-    volume_id: str
-    name: str
-    capacity_bytes: int
-    thin: bool
-    state: str
-    created_at: str
-    source: ContentSource | None = None
-    published_node_ids: tuple[str, ...] = ()
-    readonly_node_ids: tuple[str, ...] = ()
-    #: Logical block size of its loop device (0: the kernel's choice, records from before it was kept).
-    block_size: int = 0
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ImageRecord:
-        source = data.get("source")
-        return cls(
-            volume_id=str(data["volume_id"]),
-            name=str(data["name"]),
-            capacity_bytes=int(data["capacity_bytes"]),
-            thin=bool(data["thin"]),
-            state=str(data["state"]),
-            created_at=str(data["created_at"]),
-            source=ContentSource(SourceKind(source["kind"]), str(source["id"])) if source else None,
-            published_node_ids=tuple(str(n) for n in data.get("published_node_ids", ())),
-            readonly_node_ids=tuple(str(n) for n in data.get("readonly_node_ids", ())),
-            block_size=int(data.get("block_size", 0)),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "volume_id": self.volume_id,
-            "name": self.name,
-            "capacity_bytes": self.capacity_bytes,
-            "thin": self.thin,
-            "state": self.state,
-            "created_at": self.created_at,
-            "source": {"kind": self.source.kind.value, "id": self.source.source_id} if self.source else None,
-            "published_node_ids": list(self.published_node_ids),
-            "readonly_node_ids": list(self.readonly_node_ids),
-            "block_size": self.block_size,
-        }
-
-    def to_volume(self, condition: Condition | None = None) -> Volume:
-        return Volume(
-            volume_id=self.volume_id,
-            name=self.name,
-            capacity_bytes=self.capacity_bytes,
-            context={CONTEXT_BACKEND: "loopfile", CONTEXT_PROVISIONING: "thin" if self.thin else "thick"},
-            source=self.source,
-            published_node_ids=self.published_node_ids,
-            condition=condition or Condition(),
-        )
-
-
-@dataclass(frozen=True)
-class SnapshotRecord(BaseSnapshotRecord):
-    """One snapshot's metadata record, as stored in ``snapshots/<id>.json``."""
-
-    #: How the image was made: "reflink" or "sparse" ("" while creating).
-    method: str = ""
-    #: The source volume's loop block size, inherited by volumes restored from the snapshot.
-    block_size: int = 0
-
-    @classmethod
-    def extras_from_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        return {"method": str(data.get("method", "")), "block_size": int(data.get("block_size", 0))}
-
-    def extras_to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "block_size": self.block_size}
-
-
-def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:
-    """VolumeSnapshotClass parameters: only the sidecar's own ``csi.storage.k8s.io/`` keys are accepted."""
-    for key in parameters:
-        if not key.startswith(IGNORED_PARAM_PREFIXES):
-            raise errors.UnsupportedParameter(f"unknown snapshot parameter {key!r} for the loopfile backend")
-
-
-def parse_parameters(parameters: Mapping[str, str]) -> bool:
+def parse_thin(parameters: Mapping[str, str]) -> bool:
     """Return ``thin`` from StorageClass parameters; unknown keys are an error, not a silent default."""
-    thin = False
-    for key, value in parameters.items():
-        if key == PARAM_PROVISIONING:
-            if value not in ("thick", "thin"):
-                raise errors.UnsupportedParameter(f"{PARAM_PROVISIONING} must be 'thick' or 'thin', not {value!r}")
-            thin = value == "thin"
-        elif not key.startswith(IGNORED_PARAM_PREFIXES):
-            raise errors.UnsupportedParameter(f"unknown parameter {key!r} for the loopfile backend")
-    return thin
-
+    return parse_parameters(parameters, "loopfile", PARAMETERS).get(PARAM_PROVISIONING) == "thin"
 
 
 def holds_no_data(path: str) -> bool:
@@ -237,22 +136,14 @@ class LoopfileBackend:
 
     name: ClassVar[str] = "loopfile"
 
-    def __init__(
-        self,
-        node_id: str,
-        directory: str,
-        runner: Runner,
-        *,
-        overcommit_ratio: float = 1.0,
-        direct_io: bool = True,
-    ) -> None:
-        if overcommit_ratio < 1.0:
-            raise errors.InvalidArgument("the loopfile overcommit ratio must be at least 1.0")
+    def __init__(self, node_id: str, options: LoopfileOptions, runner: Runner) -> None:
+        options.validate()
         self._node_id = node_id
-        self._dir = os.path.abspath(directory)
+        self._options = options
+        self._dir = os.path.abspath(options.directory)
         self._runner = runner
-        self._ratio = overcommit_ratio
-        self._direct_io = direct_io
+        self._ratio = options.overcommit
+        self._direct_io = not options.buffered_io
         self._records: dict[str, ImageRecord] = {}
         self._snapshots: dict[str, SnapshotRecord] = {}
         self._snap_dir = os.path.join(self._dir, SNAPSHOT_DIR)
@@ -262,15 +153,7 @@ class LoopfileBackend:
         #: Bytes thin volumes may still claim from the filesystem (capacity minus what they hold).
         self._thin_allocated: dict[str, int] = {}
         self._thin_allocated_at = 0.0
-        self._features = Features(
-            block=True,
-            filesystem=True,
-            expansion=True,
-            snapshots=True,
-            clones=True,
-            fs_types=("ext4", "xfs"),
-            min_fs_bytes=MIN_FS_BYTES,
-        )
+        self._features = options.features()
 
     # -- paths --------------------------------------------------------------
     def _image(self, volume_id: str) -> str:
@@ -357,7 +240,7 @@ class LoopfileBackend:
 
     async def _thaw_after_crash(self, volume_id: str) -> None:
         """A copy of ``volume_id`` was cut short: its filesystem may still be frozen by us. Thaw it."""
-        await paths.thaw_after_crash(await self.device_path(volume_id), volume_id)
+        await thaw_after_crash(volume_id, await self.device_path(volume_id))
 
     def _prepare_directory(self) -> None:
         try:
@@ -428,26 +311,15 @@ class LoopfileBackend:
             raise errors.Unavailable(f"the loopfile directory {self._dir} is not writable")
 
     # -- controller ---------------------------------------------------------
-    def _size_for(self, spec: VolumeSpec) -> int:
-        minimum = MIN_FS_BYTES.get(spec.fs_type, MIN_BLOCK_BYTES) if spec.fs_type else MIN_BLOCK_BYTES
-        wanted = spec.required_bytes or (min(DEFAULT_SIZE_BYTES, spec.limit_bytes) if spec.limit_bytes else
-                                         DEFAULT_SIZE_BYTES)
-        size = round_up(max(wanted, minimum), MIB)
-        if spec.limit_bytes and size > spec.limit_bytes:
-            raise errors.OutOfRange(
-                f"the smallest volume this backend can make for the request is {size} bytes, "
-                f"above the limit of {spec.limit_bytes} bytes"
-            )
-        return size
-
     async def create_volume(self, spec: VolumeSpec) -> Volume:
-        thin = parse_parameters(spec.parameters)
+        thin = parse_thin(spec.parameters)
         volume_id = spec.volume_id
         existing = self._records.get(volume_id)
         if existing is not None:
-            return self._check_compatible(existing, spec, thin)
+            check_repeat(self._existing(existing), spec, {"provisioning": "thin" if thin else "thick"})
+            return existing.to_volume()
         source = self._resolve_source(spec.source) if spec.source is not None else None
-        size = self._size_for(spec) if source is None else self._size_for_copy(spec, source.size_bytes)
+        size = volume_size(spec, MIB) if source is None else copy_size(spec, source.size_bytes, MIB)
         record = ImageRecord(
             volume_id=volume_id, name=spec.name, capacity_bytes=size, thin=thin, state=CREATING,
             created_at=datetime.now(UTC).isoformat(), source=spec.source,
@@ -533,48 +405,14 @@ class LoopfileBackend:
         return _CopySource(self._image(volume.volume_id), volume.capacity_bytes, volume.volume_id,
                            volume.block_size)
 
-    def _size_for_copy(self, spec: VolumeSpec, source_bytes: int) -> int:
-        """A restored or cloned volume: at least its source's size (no smaller filesystem fits the data)."""
-        size = round_up(spec.required_bytes, MIB) if spec.required_bytes else source_bytes
-        if size < source_bytes:
-            raise errors.OutOfRange(
-                f"the content source holds {source_bytes} bytes; a volume of {spec.required_bytes} bytes "
-                "cannot hold it"
-            )
-        if spec.limit_bytes and size > spec.limit_bytes:
-            raise errors.OutOfRange(
-                f"the content source holds {source_bytes} bytes, more than the limit of {spec.limit_bytes} bytes"
-            )
-        return size
-
     async def _copy_consistent(self, source: _CopySource, target: str) -> reflink.CopyResult:
-        """Copy ``source`` to the new file ``target``; a mounted source filesystem is frozen for the copy."""
+        """Copy ``source`` to the new file ``target``, the source volume held still for the copy."""
         device = await self.device_path(source.volume_id) if source.volume_id else None
-        if device is None:
+        async with held_still(source.volume_id, device, atomic_copy=self._reflink):
             result = await reflink.copy_image(source.path, target)
-        else:
-            mounts = await paths.filesystem_mounts(device)
-            if mounts:
-                rdev = await paths.device_number(device)
-                async with reflink.frozen(mounts[0], rdev):
-                    result = await reflink.copy_image(source.path, target)
-            else:
-                await self._refuse_torn_copy(source.volume_id, device)
-                result = await reflink.copy_image(source.path, target)
         logger.info("copied {} to {} ({}, {} bytes moved)", source.path, target, result.method.value,
                     result.copied_bytes)
         return result
-
-    async def _refuse_torn_copy(self, volume_id: str, device: str) -> None:
-        """A raw block volume in use can only be copied atomically by a clone (it locks out writes)."""
-        if self._reflink:
-            return
-        users = await paths.device_in_use(device)
-        if users:
-            raise errors.VolumeInUse(
-                f"block volume {volume_id} is in use at {', '.join(users)} and this filesystem cannot clone "
-                "files: a copy would not be consistent; unpublish it first"
-            )
 
     @staticmethod
     def _fit_image(path: str, size: int, thin: bool) -> None:
@@ -594,24 +432,10 @@ class LoopfileBackend:
         finally:
             os.close(fd)
 
-    def _check_compatible(self, existing: ImageRecord, spec: VolumeSpec, thin: bool) -> Volume:
-        if existing.name != spec.name:
-            raise errors.VolumeConflict(f"volume id {existing.volume_id} belongs to another name")
-        if spec.required_bytes and existing.capacity_bytes < spec.required_bytes:
-            raise errors.VolumeConflict(
-                f"volume {spec.name!r} exists with {existing.capacity_bytes} bytes, less than the "
-                f"{spec.required_bytes} bytes asked for"
-            )
-        if spec.limit_bytes and existing.capacity_bytes > spec.limit_bytes:
-            raise errors.VolumeConflict(
-                f"volume {spec.name!r} exists with {existing.capacity_bytes} bytes, more than the limit of "
-                f"{spec.limit_bytes} bytes"
-            )
-        if existing.thin != thin:
-            raise errors.VolumeConflict(f"volume {spec.name!r} exists with other provisioning parameters")
-        if existing.source != spec.source:
-            raise errors.VolumeConflict(f"volume {spec.name!r} exists with another content source")
-        return existing.to_volume()
+    @staticmethod
+    def _existing(record: ImageRecord) -> Existing:
+        return Existing(record.volume_id, record.name, record.capacity_bytes, record.source,
+                        {"provisioning": "thin" if record.thin else "thick"})
 
     @staticmethod
     def _make_image(path: str, size: int, thin: bool) -> None:
@@ -706,7 +530,7 @@ class LoopfileBackend:
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
         if parameters:
-            parse_parameters(parameters)
+            parse_thin(parameters)
         outstanding = await self._thin_outstanding()
         available = await anyio.to_thread.run_sync(self._available_sync, outstanding)
         return Capacity(available_bytes=available, maximum_volume_bytes=available, minimum_volume_bytes=MIB)
@@ -846,7 +670,7 @@ class LoopfileBackend:
 
     # -- snapshots ----------------------------------------------------------
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
-        check_snapshot_parameters(parameters)
+        check_snapshot_parameters(parameters, "loopfile")
         snapshot_id = snapshot_id_for(name)
         existing = self._snapshots.get(snapshot_id)
         if existing is not None:
@@ -901,14 +725,3 @@ class LoopfileBackend:
 
     async def list_snapshots(self) -> list[Snapshot]:
         return [self._snapshots[k].to_snapshot() for k in sorted(self._snapshots)]
-
-
-def from_options(*, node_id: str, options: Mapping[str, Any], runner: Runner) -> LoopfileBackend:
-    directory = options.get("loopfile_dir") or "/var/lib/localcsi/volumes"
-    return LoopfileBackend(
-        node_id,
-        str(directory),
-        runner,
-        overcommit_ratio=float(options.get("loopfile_overcommit", 1.0) or 1.0),
-        direct_io=not options.get("loopfile_buffered_io", False),
-    )

@@ -14,8 +14,8 @@ from typing import Any, Protocol, TypeVar
 
 import betterproto2
 
+from csi.config import Endpoint
 from csi.gen.csi import v1 as csi
-from csi.server import Endpoint
 
 R = TypeVar("R", bound=betterproto2.Message)
 

@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 
 from backends.system.runner import ProcessRunner
-from csi import bench_phases as phases
-from csi.bench_stats import Recorder
+from csi.bench import phases
+from csi.bench.stats import Recorder
 
 MIB = 1 << 20
 

@@ -20,7 +20,7 @@ import anyio
 
 from backends.base import TOPOLOGY_KEY
 from backends.errors import BackendError
-from backends.rawdisk_inventory import Disk, State, scan
+from backends.rawdisk.inventory import Disk, State, scan
 from backends.system import disks as sysdisks
 from backends.system.runner import ProcessRunner, Runner
 

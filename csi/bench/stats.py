@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from csi.bench_client import CallFailed
+from csi.bench.client import CallFailed
 
 T = TypeVar("T")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

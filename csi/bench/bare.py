@@ -21,10 +21,10 @@ from typing import Any
 
 import anyio
 
-from backends.loopfile import LOGICAL_BLOCK_BYTES
+from backends.system.loop import LOGICAL_BLOCK_BYTES
 from backends.system.mkfs import mkfs_argv
 from backends.system.runner import ProcessRunner
-from csi.bench_stats import Recorder
+from csi.bench.stats import Recorder
 
 COMMAND_TIMEOUT = 120.0
 

@@ -31,9 +31,7 @@ from backends.base import is_snapshot_id
 from backends.metadata import fsync_directory, load_record, write_record
 from backends.snapshots import CREATING, DELETING, READY, SCHEMA
 
-__all__ = ["CREATING", "DELETING", "READY", "SCHEMA", "SnapshotRecord", "SnapshotStore", "check_snapshot_parameters"]
-
-IGNORED_PARAM_PREFIXES = ("csi.storage.k8s.io/",)
+__all__ = ["CREATING", "DELETING", "READY", "SCHEMA", "SnapshotRecord", "SnapshotStore"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +49,6 @@ class SnapshotRecord(snapshots.SnapshotRecord):
 
     def extras_to_json(self) -> dict[str, Any]:
         return {"sector_bytes": self.sector_bytes, "data_bytes": self.data_bytes}
-
-
-def check_snapshot_parameters(parameters: Mapping[str, str]) -> None:
-    """VolumeSnapshotClass parameters: only the sidecar's own ``csi.storage.k8s.io/`` keys are accepted."""
-    for key in parameters:
-        if not key.startswith(IGNORED_PARAM_PREFIXES):
-            raise errors.UnsupportedParameter(f"unknown snapshot parameter {key!r} for the rawdisk backend")
 
 
 class SnapshotStore:
