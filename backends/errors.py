@@ -20,6 +20,7 @@ class to one status code in a single table (most specific class first).
     │   └── WrongNode             the volume does not live on this node
     ├── Busy                      another operation holds the resource: retry
     ├── Unavailable               the backend itself is unhealthy right now
+    │   └── StorageInUse          another driver instance holds the storage's lock
     └── SystemFailure             a command or syscall failed unexpectedly
 
 ``backends.system.errors.CommandError`` (a failed process) derives from
@@ -106,6 +107,10 @@ class Busy(BackendError):
 
 
 class Unavailable(BackendError):
+    pass
+
+
+class StorageInUse(Unavailable):
     pass
 
 

@@ -39,6 +39,10 @@ def iow(kind: int, number: int, size: int) -> int:
     return _ioc(_IOC_WRITE, kind, number, size)
 
 
+def iowr(kind: int, number: int, size: int) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, kind, number, size)
+
+
 # <linux/fs.h>
 BLKSSZGET = io(0x12, 104)
 BLKPBSZGET = io(0x12, 123)

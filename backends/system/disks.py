@@ -122,6 +122,17 @@ def partition_device(name: str, number: int) -> str | None:
     return None
 
 
+def partition_matching(name: str, number: int, offset: int, length: int) -> str | None:
+    """``/dev/<child>`` of partition ``number`` of disk ``name`` when the kernel shows it starting at byte
+    ``offset`` and ``length`` bytes long (sysfs counts 512-byte sectors); None otherwise."""
+    for child, index in partitions_of(name):
+        if index != number:
+            continue
+        start, size = _int(SYS_CLASS_BLOCK / child / "start", -1), _int(SYS_CLASS_BLOCK / child / "size", -1)
+        return f"/dev/{child}" if (start * 512, size * 512) == (offset, length) else None
+    return None
+
+
 def inspect(path: str, mounts: Sequence[mnt.MountInfo], swaps: set[str]) -> DiskFacts:
     """Facts about one device node (``path`` is resolved: /dev/X)."""
     name = os.path.basename(path)

@@ -1,4 +1,5 @@
-"""Online growth of a mounted filesystem to the size of its device.
+"""Online growth of a mounted filesystem to the size of its device, and what the kernel knows of its size
+and errors (:func:`filesystem_reaches`, :func:`ext4_error_count`).
 
 xfs and ext4 grow by ioctl on the mount point (``XFS_IOC_FSGROWFSDATA``,
 ``EXT4_IOC_RESIZE_FS``), with ``xfs_growfs``/``resize2fs`` only as a fallback
@@ -34,6 +35,12 @@ XFS_IOC_FSGEOMETRY_V1 = _ioctl.ior(ord("X"), 100, _XFS_GEOM_V1.size)
 _XFS_GROWFS_DATA = struct.Struct("=QI4x")
 XFS_IOC_FSGROWFSDATA = _ioctl.iow(ord("X"), 110, _XFS_GROWFS_DATA.size)
 EXT4_IOC_RESIZE_FS = _ioctl.iow(ord("f"), 16, 8)
+# <linux/fsmap.h>: struct fsmap (u32 device, u32 flags, u64 physical, owner, offset, length, 3 x u64 reserved);
+# struct fsmap_head (u32 iflags, oflags, count, entries, 6 x u64 reserved, struct fsmap keys[2], recs[]).
+_FSMAP = struct.Struct("=IIQQQQ3Q")
+_FSMAP_HEAD = struct.Struct("=IIII6Q")
+FS_IOC_GETFSMAP = _ioctl.iowr(ord("X"), 59, _FSMAP_HEAD.size + 2 * _FSMAP.size)
+SYS_FS_EXT4 = "/sys/fs/ext4"
 
 _NOT_SUPPORTED = (errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOSYS)
 
@@ -139,3 +146,42 @@ async def grow_filesystem(runner: Runner, device: str, mount_point: str, fs_type
     await _grow_with_tool(runner, device, mount_point, fs_type)
     logger.info("{fs} at {mp} grown to fill {dev}", fs=fs_type, mp=mount_point, dev=device)
     return True
+
+
+def _fsmap_device(st_dev: int) -> int:
+    """A device number as GETFSMAP keys carry it (the kernel's ``new_encode_dev``)."""
+    major, minor = os.major(st_dev), os.minor(st_dev)
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def filesystem_reaches(mount_point: str, offset: int) -> bool | None:
+    """Whether the filesystem mounted at ``mount_point`` extends over byte ``offset`` of its device, as the
+    mounted filesystem knows its size now (``FS_IOC_GETFSMAP``: ext4, xfs). None when the filesystem cannot
+    say (no GETFSMAP: btrfs, older kernels). Blocking."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        device = _fsmap_device(os.fstat(fd).st_dev)
+        low = _FSMAP.pack(device, 0, offset, 0, 0, 0, 0, 0, 0)
+        high = _FSMAP.pack(0xFFFFFFFF, 0xFFFFFFFF, *([(1 << 64) - 1] * 4), 0, 0, 0)
+        request = bytearray(_FSMAP_HEAD.pack(0, 0, 1, 0, 0, 0, 0, 0, 0, 0) + low + high + bytes(_FSMAP.size))
+        try:
+            fcntl.ioctl(fd, FS_IOC_GETFSMAP, request)
+        except OSError as exc:
+            if exc.errno in (*_NOT_SUPPORTED, errno.EINVAL):
+                return None
+            raise
+    finally:
+        os.close(fd)
+    return int(_FSMAP_HEAD.unpack_from(request, 0)[3]) > 0
+
+
+def ext4_error_count(device: str) -> int:
+    """Errors the mounted ext4 filesystem on ``device`` has recorded (its superblock's count, as sysfs shows
+    it under the kernel's name for the device: ``loop3``, ``dm-2``); 0 when it is not a mounted ext4
+    filesystem. Blocking."""
+    name = os.path.basename(os.path.realpath(device))
+    try:
+        with open(os.path.join(SYS_FS_EXT4, name, "errors_count")) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0

@@ -236,7 +236,7 @@ class VolumeGroup:
 
 
 def parse_report(text: str, kind: str) -> list[Mapping[str, str]]:
-    """The rows of a ``--reportformat json`` report (``kind`` is ``lv`` or ``vg``)."""
+    """The rows of a ``--reportformat json`` report (``kind`` is ``lv``, ``vg`` or ``pv``)."""
     try:
         data: Any = json.loads(text)
         rows: list[Mapping[str, str]] = []
@@ -308,6 +308,12 @@ class Lvm:
         if not rows:
             raise VolumeGroupNotFound(f"volume group {vg!r} not found")
         return VolumeGroup.from_json(rows[0])
+
+    async def physical_volumes(self, vg: str) -> list[str]:
+        """The device paths of ``vg``'s PVs that are present (a missing one shows as ``[unknown]``)."""
+        result = await self.run("pvs", [*REPORT_ARGS, "-o", "pv_name,vg_name"])
+        return sorted(row["pv_name"] for row in parse_report(result.stdout, "pv")
+                      if row.get("vg_name") == vg and row.get("pv_name", "").startswith("/"))
 
     async def logical_volumes(self, vg: str) -> list[LogicalVolume]:
         """Every visible LV of ``vg`` (not the hidden sub-LVs of pools)."""

@@ -73,7 +73,7 @@ def test_metadata_write_on_full_filesystem_is_capacity_exhausted(tmp_path: Path,
     def full(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("backends.metadata.os.write", full)
+    monkeypatch.setattr("backends.system.files.os.write", full)
     with pytest.raises(errors.CapacityExhausted):
         metadata.write_record(str(tmp_path / "r.json"), {"schema": 1})
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
@@ -86,7 +86,7 @@ def test_short_writes_still_produce_a_whole_record(tmp_path: Path, monkeypatch: 
     def one_byte(fd: int, data: bytes) -> int:
         return real_write(fd, bytes(data[:1]))
 
-    monkeypatch.setattr("backends.metadata.os.write", one_byte)
+    monkeypatch.setattr("backends.system.files.os.write", one_byte)
     metadata.write_record(str(tmp_path / "r.json"), {"schema": 1, "name": "x" * 50})
     assert metadata.load_record(str(tmp_path / "r.json"), 1)["name"] == "x" * 50
 
