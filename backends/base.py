@@ -165,6 +165,12 @@ class Backend(Protocol):
     def node_id(self) -> str: ...
 
     # lifecycle ----------------------------------------------------------
+    async def lock_storage(self) -> None:
+        """Take this instance's exclusive lock on its storage (:mod:`backends.system.storagelock`), before
+        :meth:`start` reads or repairs anything there. Another instance holding it: ``StorageInUse``, naming
+        it, with nothing touched. The driver calls it once; :meth:`close` (or the process's end) releases it.
+        A backend made for a test may skip it."""
+
     async def start(self) -> None:
         """Check tools and storage, rebuild the index from the backend's own state.
 
@@ -198,8 +204,20 @@ class Backend(Protocol):
         """True only when every byte of the volume provably reads as zero now, so formatting it loses nothing
         (NodeStage then skips the content probe). False whenever unsure: the probe decides."""
 
+    async def may_hold_data(self, volume_id: str) -> bool:
+        """True when the volume may hold data written through it: data was seen in it when it was attached
+        or detached, or it was made as a copy. Such a volume is formatted only when it provably reads as zeros
+        (:meth:`reads_as_zeros`); a blank probe of it means data without a signature (a raw block volume
+        staged as a filesystem), which must be refused. False for a volume never used since its creation (an
+        interrupted first format is then formatted again). Answered from the backend's own records."""
+
+    async def volume_health(self, volume_id: str) -> Condition:
+        """The volume's condition now, from its storage (missing or short data, backing space, a device or
+        filesystem that does not match the volume): the one health function behind ListVolumes,
+        ControllerGetVolume, NodeGetVolumeStats and the metrics. Raise ``VolumeNotFound`` when absent."""
+
     async def list_volumes(self) -> list[Volume]:
-        """Every volume, sorted by id, from the in-memory index."""
+        """Every volume, sorted by id, each with its condition as :meth:`volume_health` finds it."""
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity: ...
 
@@ -223,6 +241,10 @@ class Backend(Protocol):
 
     async def refresh_device_size(self, volume_id: str) -> int:
         """After expansion, make the attached device show the new size; return it."""
+
+    async def attached_devices(self) -> list[str]:
+        """The block devices this backend attached on this node and that are attached now (its loop devices,
+        its active LVs), sorted; never another user's. From the backend's index (sysfs at most)."""
 
     # snapshots (only when ``features.snapshots``) ------------------------
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot: ...

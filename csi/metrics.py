@@ -4,10 +4,11 @@
 once per finished call; it only bumps in-memory counters, so it costs the RPC
 path a few microseconds.
 
-Backend figures (capacity, volume counts by condition, loop devices in use)
-are *not* polled: each scrape asks the backend for them, from its in-memory
-index (``list_volumes``; ``get_capacity`` is one ``statvfs``), so an idle
-driver does no work for metrics and a scrape never walks the disks.
+Backend figures (capacity, volume counts by condition, the loop devices this
+driver attached) are *not* polled: each scrape asks the backend for them
+(``list_volumes`` with each volume's health, ``get_capacity``,
+``attached_devices``), so an idle driver does no work for metrics. Only the
+backend's own devices are counted, never another user's loop devices.
 
 The HTTP endpoint is a deliberately tiny HTTP/1.0 responder on the driver's
 own event loop (anyio TCP listener): it answers ``GET /metrics`` and nothing
@@ -27,6 +28,7 @@ from grpclib.const import Status
 from loguru import logger
 
 from backends.base import Backend
+from backends.errors import InvalidArgument
 from backends.system import loop
 
 if TYPE_CHECKING:  # prometheus_client (3 MiB resident) is imported only by a driver that serves metrics
@@ -74,7 +76,7 @@ async def take_snapshot(backend: Backend | None) -> BackendSnapshot:
         with anyio.fail_after(SNAPSHOT_TIMEOUT_SECONDS):
             volumes = await backend.list_volumes()
             capacity = await backend.get_capacity({})
-            loops = len(await loop.list_attached()) if backend.name == "loopfile" else 0
+            loops = sum(1 for device in await backend.attached_devices() if _is_loop_device(device))
     except Exception as exc:  # a scrape must still answer; the failure shows as backend_up 0
         logger.warning("metrics: backend snapshot failed: {}", exc)
         return BackendSnapshot(up=False)
@@ -88,6 +90,14 @@ async def take_snapshot(backend: Backend | None) -> BackendSnapshot:
         maximum_volume_bytes=capacity.maximum_volume_bytes,
         loop_devices=loops,
     )
+
+
+def _is_loop_device(path: str) -> bool:
+    try:
+        loop.loop_number(path)
+    except InvalidArgument:
+        return False
+    return True
 
 
 class _BackendCollector:
@@ -118,7 +128,8 @@ class _BackendCollector:
                                 value=s.available_bytes)
         yield GaugeMetricFamily("localcsi_capacity_maximum_volume_bytes", "The largest volume creatable now.",
                                 value=s.maximum_volume_bytes)
-        yield GaugeMetricFamily("localcsi_loop_devices_attached", "Loop devices attached on this node.",
+        yield GaugeMetricFamily("localcsi_loop_devices_attached",
+                                "Loop devices this driver attached for its volumes (no other user's).",
                                 value=s.loop_devices)
 
 

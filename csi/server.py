@@ -1,9 +1,13 @@
 """Builds the services for the configured mode, listens, drains on SIGTERM.
 
+Start-up order: a live socket at our path ends start-up before the backend
+does anything (a stale one is removed); then the backend locks its storage
+(another instance holding it ends start-up too, with nothing touched), rebuilds
+its state and repairs what a crash left; only then does the socket listen.
+
 Shutdown order: stop accepting connections, wait (bounded) for in-flight RPCs
 and the mutations they started, then close the remaining connections and exit
-0. A stale unix socket is removed at start, unless something still answers on
-it, in which case start-up fails rather than steal another instance's socket.
+0.
 """
 
 from __future__ import annotations
@@ -101,12 +105,17 @@ class DriverServer:
         self.endpoint = Endpoint.parse(config.endpoint)
         self.stopping = anyio.Event()
 
-    async def _listen(self) -> Server:
-        server = Server(self.services, codec=RequestCodec())  # type: ignore[arg-type]
+    async def _check_socket(self) -> None:
+        """Refuse a socket path another process serves on; remove a stale socket."""
         if self.endpoint.path:
             directory = os.path.dirname(self.endpoint.path)
             await anyio.to_thread.run_sync(lambda: os.makedirs(directory, mode=0o750, exist_ok=True))
             await anyio.to_thread.run_sync(remove_stale_socket, self.endpoint.path)
+
+    async def _listen(self) -> Server:
+        server = Server(self.services, codec=RequestCodec())  # type: ignore[arg-type]
+        if self.endpoint.path:
+            await self._check_socket()  # again: another instance may have started listening meanwhile
             old = os.umask(0o117)
             try:
                 await server.start(path=self.endpoint.path)
@@ -122,7 +131,9 @@ class DriverServer:
         return server
 
     async def run(self, *, handle_signals: bool = True) -> None:
+        await self._check_socket()
         if self.backend is not None:
+            await self.backend.lock_storage()
             await self.backend.start()
         try:
             async with anyio.create_task_group() as tg:

@@ -4,8 +4,12 @@ Layout under ``--loopfile-dir``::
 
     <id>.img                  the volume's data (sparse for thin, fallocated for thick)
     <id>.json                 its metadata record (schema 1), written atomically
-    snapshots/<snap id>.img   a snapshot: an independent copy of a volume's image
-    snapshots/<snap id>.json  its record (schema 1)
+    snapshots/                the snapshots (:class:`backends.snapshots.SnapshotStore`)
+
+One instance owns the directory. Start-up first locks it (``flock`` of the directory itself, see
+:mod:`backends.system.storagelock`): a second instance on the same directory (a DaemonSet update with
+surge, another socket path, another container) stops there with "in use by PID N", before it has read,
+repaired or thawed anything.
 
 Crash safety comes from ordering and names. A new blank volume's image is
 made as ``.tmp-<id>.img`` (fallocated and fsynced), its ``ready`` record is
@@ -22,11 +26,11 @@ case is an image without a record, which is reported and left alone: we never
 remove data we cannot account for.
 
 Copies (clones, restores, snapshots) write a record in state ``creating``
-first, then the copy, then the record ``ready``; a snapshot is deleted by
-marking its record ``deleting`` first. At start-up a record left ``creating``
-or ``deleting`` (also from older drivers, which made blank volumes that way)
-is finished off, and an interrupted copy also thaws the source's filesystem,
-which may have been frozen for it.
+first, then the copy, then the record ``ready``. At start-up a record left
+``creating`` (or ``deleting``, by older drivers) is finished off, and an
+interrupted copy also thaws the source's filesystem, which may have been
+frozen for it. Snapshots are deleted as volumes are (rename, then unlink):
+deleting works on a full filesystem.
 
 Snapshots and clones are copies: a copy-on-write clone (``FICLONE``) where the
 image directory's filesystem shares extents (xfs with reflink, btrfs),
@@ -35,6 +39,11 @@ filesystem is mounted is frozen for the instant of the copy, so the copy is
 consistent. Volumes, their snapshots and the volumes restored from them are
 independent: any of them can be deleted in any order.
 
+Space promised is space kept (:mod:`backends.loopfile.space`): every volume is owed the blocks it may still
+write (its holes, and on reflink its shared extents), and every operation that takes space is admitted
+against the free space less those promises (:mod:`backends.reservations`): thin volumes, snapshots, clones
+and copy-on-write all count, in GetCapacity and in each admission.
+
 Loop devices are attached at NodeStage with direct I/O and found again after
 a driver restart from sysfs (``list_attached`` once at start-up), so a restart
 neither leaks nor double-attaches them.
@@ -42,20 +51,17 @@ neither leaks nor double-attaches them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import ClassVar
 
 import anyio
 from loguru import logger
 
-from backends import errors, paths
+from backends import errors, health, paths
 from backends.base import (
     Capacity,
     Condition,
@@ -65,16 +71,16 @@ from backends.base import (
     SourceKind,
     Volume,
     VolumeSpec,
-    is_snapshot_id,
     is_volume_id,
     published,
     snapshot_id_for,
 )
 from backends.copies import held_still, thaw_after_crash
 from backends.faults import fault_point
+from backends.loopfile import space
 from backends.loopfile.options import LoopfileOptions
-from backends.loopfile.records import CREATING, DELETING, READY, SCHEMA, ImageRecord, SnapshotRecord
-from backends.metadata import fsync_directory, fsync_path, load_record, write_record
+from backends.loopfile.records import CREATING, READY, SCHEMA, ImageRecord, SnapshotRecord
+from backends.metadata import load_record, write_record
 from backends.provisioning import (
     MIB,
     Existing,
@@ -85,15 +91,16 @@ from backends.provisioning import (
     round_up,
     volume_size,
 )
-from backends.snapshots import SCHEMA as SNAPSHOT_SCHEMA
-from backends.system import loop, reflink
+from backends.reservations import Reservations
+from backends.snapshots import SnapshotStore
+from backends.system import files, loop, reflink, storagelock
 from backends.system.loop import LOGICAL_BLOCK_BYTES
 from backends.system.runner import Runner, require_tools
 
 PARAM_PROVISIONING = "loopfile.localcsi.dev/provisioning"
 PARAMETERS = {PARAM_PROVISIONING: ("thick", "thin")}
 #: Prefix of an image being created or deleted (start-up removes it and its record).
-PENDING_PREFIX = ".tmp-"
+PENDING_PREFIX = files.TEMPORARY_PREFIX
 SNAPSHOT_DIR = "snapshots"
 
 
@@ -114,22 +121,26 @@ def parse_thin(parameters: Mapping[str, str]) -> bool:
 
 
 def holds_no_data(path: str) -> bool:
-    """True when the file at ``path`` has no data extent anywhere (every byte reads as zero).
+    """True when the file at ``path`` has no data extent anywhere (see :func:`files.holds_no_data`)."""
+    return files.holds_no_data(path)
 
-    A filesystem without ``SEEK_DATA`` support reports the whole file as data, and any error is False: only
-    a definite "no data" counts.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        os.lseek(fd, 0, os.SEEK_DATA)
-    except OSError as exc:
-        return exc.errno == errno.ENXIO
-    finally:
-        os.close(fd)
-    return False
+
+def image_condition(record: ImageRecord, use: space.ImageUse, free_bytes: int, ratio: float) -> Condition:
+    """The volume's condition as its image file and the image directory's free space show it."""
+    if not use.present:
+        return Condition(abnormal=True, message=f"the image file of volume {record.volume_id} is missing: its "
+                                                "data is gone")
+    if use.size_bytes < record.capacity_bytes:
+        return Condition(abnormal=True, message=(
+            f"the image file of volume {record.volume_id} is {use.size_bytes} bytes, smaller than the volume's "
+            f"{record.capacity_bytes}: it was truncated, and the data past {use.size_bytes} bytes is gone"))
+    if space.short_of_space(use, free_bytes, ratio):
+        return Condition(abnormal=True, message=(
+            f"the image directory's filesystem has {free_bytes} bytes free, less than the "
+            f"{space.exposure_bytes(use)} bytes volume {record.volume_id} may still need to write all of it: "
+            "its writes can fail with I/O errors"))
+    return Condition()
+
 
 class LoopfileBackend:
     """Volumes as image files on a local filesystem, attached as direct-I/O loop devices."""
@@ -145,14 +156,13 @@ class LoopfileBackend:
         self._ratio = options.overcommit
         self._direct_io = not options.buffered_io
         self._records: dict[str, ImageRecord] = {}
-        self._snapshots: dict[str, SnapshotRecord] = {}
         self._snap_dir = os.path.join(self._dir, SNAPSHOT_DIR)
+        self._snapshots = SnapshotStore(self._snap_dir, SnapshotRecord)
         #: Whether the image directory's filesystem shares extents (probed at start).
         self._reflink = False
         self._loops: dict[str, loop.LoopDevice] = {}
-        #: Bytes thin volumes may still claim from the filesystem (capacity minus what they hold).
-        self._thin_allocated: dict[str, int] = {}
-        self._thin_allocated_at = 0.0
+        self._space = Reservations(self._measure_available)
+        self._lock: storagelock.StorageLock | None = None
         self._features = options.features()
 
     # -- paths --------------------------------------------------------------
@@ -167,10 +177,10 @@ class LoopfileBackend:
         return os.path.join(self._dir, PENDING_PREFIX + volume_id + ".img")
 
     def _snap_image(self, snapshot_id: str) -> str:
-        return os.path.join(self._snap_dir, snapshot_id + ".img")
+        return self._snapshots.image(snapshot_id)
 
     def _snap_meta(self, snapshot_id: str) -> str:
-        return os.path.join(self._snap_dir, snapshot_id + ".json")
+        return self._snapshots.meta(snapshot_id)
 
     @property
     def features(self) -> Features:
@@ -190,27 +200,50 @@ class LoopfileBackend:
         return self._reflink
 
     # -- lifecycle ----------------------------------------------------------
+    async def lock_storage(self) -> None:
+        if self._lock is None:
+            self._lock = await anyio.to_thread.run_sync(self._lock_directory)
+
     async def start(self) -> None:
         require_tools(["mkfs.ext4", "mkfs.xfs", "blkid"])
+        try:
+            await self._recover()
+        except BaseException:
+            await self.close()
+            raise
+        warnings = await anyio.to_thread.run_sync(
+            lambda: health.startup_warnings(expansion=self._features.expansion,
+                                            image_directory=self._dir if self._direct_io else ""))
+        for warning in warnings:
+            logger.warning("{}", warning)
+        logger.info(
+            "loopfile backend ready: {} volumes, {} snapshots, {} attached, directory {} ({} copies)",
+            len(self._records), len(self._snapshots.records()), len(self._loops), self._dir,
+            "reflink" if self._reflink else "sparse",
+        )
+
+    def _lock_directory(self) -> storagelock.StorageLock:
+        """Blocking: make the directory if need be and lock it, before anything in it is read."""
+        try:
+            files.ensure_directory(self._dir)
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot create the loopfile directory {self._dir}: {exc.strerror}") from exc
+        return storagelock.lock_directory(self._dir, f"the loopfile directory {self._dir}")
+
+    async def _recover(self) -> None:
+        """Rebuild the index from the directory and finish what a crash interrupted (under the lock)."""
         await anyio.to_thread.run_sync(self._prepare_directory)
         await anyio.to_thread.run_sync(self._finish_pending_images)
         records = await anyio.to_thread.run_sync(self._scan_records)
-        snapshots = await anyio.to_thread.run_sync(self._scan_snapshots)
+        interrupted = await self._snapshots.start()
         self._records = {r.volume_id: r for r in records if r.state == READY}
-        self._snapshots = {s.snapshot_id: s for s in snapshots if s.state == READY}
         await self._find_loops()
         for record in records:
             if record.state != READY:
                 await self._finish_interrupted_volume(record)
-        for snap in snapshots:
-            if snap.state != READY:
-                await self._finish_interrupted_snapshot(snap)
+        for snap in interrupted:
+            await self._finish_interrupted_snapshot(snap)
         self._reflink = await anyio.to_thread.run_sync(reflink.supports_reflink_sync, self._snap_dir)
-        logger.info(
-            "loopfile backend ready: {} volumes, {} snapshots, {} attached, directory {} ({} copies)",
-            len(self._records), len(self._snapshots), len(self._loops), self._dir,
-            "reflink" if self._reflink else "sparse",
-        )
 
     async def _find_loops(self) -> None:
         image_dir = self._dir + os.sep
@@ -236,7 +269,7 @@ class LoopfileBackend:
                        snap.snapshot_id)
         if creating:
             await self._thaw_after_crash(snap.source_volume_id)
-        await self._remove_snapshot_files(snap.snapshot_id)
+        await self._snapshots.remove(snap.snapshot_id)
 
     async def _thaw_after_crash(self, volume_id: str) -> None:
         """A copy of ``volume_id`` was cut short: its filesystem may still be frozen by us. Thaw it."""
@@ -244,44 +277,28 @@ class LoopfileBackend:
 
     def _prepare_directory(self) -> None:
         try:
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            os.makedirs(self._snap_dir, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise errors.Unavailable(f"cannot create the loopfile directory {self._dir}: {exc.strerror}") from exc
-        if not os.access(self._dir, os.W_OK | os.X_OK):
-            raise errors.Unavailable(f"the loopfile directory {self._dir} is not writable")
-        probe = os.path.join(self._dir, ".probe")
-        try:
-            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-            os.close(fd)
-            os.unlink(probe)
+            files.ensure_directory(self._dir)
+            files.check_writable(self._dir)
         except OSError as exc:
             raise errors.Unavailable(f"the loopfile directory {self._dir} is not usable: {exc.strerror}") from exc
-        for directory in (self._dir, self._snap_dir):
-            for leftover in Path(directory).glob(".tmp-*.json"):
-                leftover.unlink(missing_ok=True)
+        files.remove_leftovers(self._dir, PENDING_PREFIX + "*.json")
 
     def _finish_pending_images(self) -> None:
         """Blocking: remove what an interrupted creation or deletion left (``.tmp-<id>.img`` and its record)."""
-        with os.scandir(self._dir) as entries:
-            pending = [e.name for e in entries if e.name.startswith(PENDING_PREFIX) and e.name.endswith(".img")]
+        pending = [n for n in files.file_names(self._dir) if n.startswith(PENDING_PREFIX) and n.endswith(".img")]
         for name in pending:
             volume_id = name[len(PENDING_PREFIX):-len(".img")]
             if not is_volume_id(volume_id):
                 continue
-            finished = os.path.exists(self._image(volume_id))  # never the case unless someone else made it
+            finished = files.exists(self._image(volume_id))  # never the case unless someone else made it
             logger.warning("finishing interrupted creation or deletion of volume {}", volume_id)
-            os.unlink(os.path.join(self._dir, name))
-            if not finished:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._meta(volume_id))
+            files.remove([os.path.join(self._dir, name)] + ([] if finished else [self._meta(volume_id)]))
         if pending:
-            fsync_directory(self._dir)
+            files.fsync_directory(self._dir)
 
     def _scan_records(self) -> list[ImageRecord]:
         records = []
-        with os.scandir(self._dir) as entries:
-            names = {e.name for e in entries if e.is_file(follow_symlinks=False)}
+        names = files.file_names(self._dir)
         for name in sorted(names):
             if name.endswith(".json") and is_volume_id(name[:-5]):
                 record = ImageRecord.from_json(load_record(os.path.join(self._dir, name), SCHEMA))
@@ -290,25 +307,44 @@ class LoopfileBackend:
                 logger.warning("image {} has no metadata record; leaving it alone", name)
         return records
 
-    def _scan_snapshots(self) -> list[SnapshotRecord]:
-        with os.scandir(self._snap_dir) as entries:
-            names = {e.name for e in entries if e.is_file(follow_symlinks=False)}
-        snapshots = []
-        for name in sorted(names):
-            if name.endswith(".json") and is_snapshot_id(name[:-5]):
-                data = load_record(os.path.join(self._snap_dir, name), SNAPSHOT_SCHEMA)
-                snapshots.append(SnapshotRecord.from_json(data))
-            elif name.endswith(".img") and name[:-4] + ".json" not in names:
-                logger.warning("snapshot image {} has no metadata record; leaving it alone", name)
-        return snapshots
-
     async def close(self) -> None:
-        return None
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     async def check_health(self) -> None:
         ok = await anyio.to_thread.run_sync(os.access, self._dir, os.W_OK | os.X_OK)
         if not ok:
             raise errors.Unavailable(f"the loopfile directory {self._dir} is not writable")
+
+    # -- space --------------------------------------------------------------
+    def _uses_sync(self, records: list[ImageRecord]) -> dict[str, space.ImageUse]:
+        """Blocking: what each volume's image holds now (sizes; shared extents where copies are reflinks)."""
+        found = files.sizes({r.volume_id: self._image(r.volume_id) for r in records})
+        uses = {}
+        for record in records:
+            size = found[record.volume_id]
+            shared = reflink.shared_bytes_sync(self._image(record.volume_id)) if self._reflink and size else 0
+            uses[record.volume_id] = space.ImageUse(
+                capacity_bytes=record.capacity_bytes, size_bytes=size[0] if size else 0,
+                allocated_bytes=size[1] if size else 0, shared_bytes=shared, thin=record.thin,
+                present=size is not None)
+        return uses
+
+    async def _measure(self, records: list[ImageRecord]) -> tuple[dict[str, space.ImageUse], int]:
+        """Each volume's use of its image, and the free bytes of the image directory's filesystem."""
+        return await anyio.to_thread.run_sync(lambda: (self._uses_sync(records), files.free_bytes(self._dir)))
+
+    async def _measure_available(self) -> int:
+        uses, free = await self._measure(list(self._records.values()))
+        return space.available_bytes(free, uses.values(), self._ratio)
+
+    async def _allocated(self, path: str, what: str) -> int:
+        """Bytes the file at ``path`` has allocated; PreconditionFailed naming ``what`` when it is missing."""
+        found = (await anyio.to_thread.run_sync(files.sizes, {path: path}))[path]
+        if found is None:
+            raise errors.PreconditionFailed(f"the image file of {what} is missing ({path}): its data is gone")
+        return found[1]
 
     # -- controller ---------------------------------------------------------
     async def create_volume(self, spec: VolumeSpec) -> Volume:
@@ -324,155 +360,73 @@ class LoopfileBackend:
             volume_id=volume_id, name=spec.name, capacity_bytes=size, thin=thin, state=CREATING,
             created_at=datetime.now(UTC).isoformat(), source=spec.source,
             block_size=LOGICAL_BLOCK_BYTES if source is None else source.block_size,
+            held_data=source is not None,
         )
+        what = f"{'thin' if thin else 'thick'} volume {spec.name!r} of {size} bytes"
         if source is None:
-            # The whole creation is one worker-thread hop: space check, intent record, image, ready record.
-            outstanding = await self._thin_outstanding()
-            await anyio.to_thread.run_sync(self._create_files, record, outstanding)
+            async with self._space.hold(space.volume_cost(size, thin, self._ratio), what):
+                # The whole creation is one worker-thread hop: intent record, image, ready record.
+                await anyio.to_thread.run_sync(self._create_files, record)
+                self._records[volume_id] = replace(record, state=READY)
         else:
-            await self._reserve(size, thin)
-            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
-            fault_point("create.after_meta")
-            try:
-                await self._copy_consistent(source, self._image(volume_id))
-                await anyio.to_thread.run_sync(self._fit_image, self._image(volume_id), size, thin)
-                fault_point("create.after_image")
-                await anyio.to_thread.run_sync(write_record, self._meta(volume_id),
-                                               replace(record, state=READY).to_json())
-                fault_point("create.after_ready")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._remove_files(volume_id)
-                raise
-        record = replace(record, state=READY)
-        self._records[volume_id] = record
-        if thin:
-            self._thin_allocated[volume_id] = 0
+            allocated = await self._allocated(source.path, self._describe(spec.source))
+            cost = space.copy_cost(size, allocated, thin, self._ratio,
+                                   shares_live_volume=self._reflink and bool(source.volume_id))
+            async with self._space.hold(cost, what):
+                await self._copy_into_volume(record, source)
+                self._records[volume_id] = replace(record, state=READY)
         logger.debug("created {} volume {} of {} bytes", "thin" if thin else "thick", volume_id, size)
-        return record.to_volume()
+        return self._records[volume_id].to_volume()
 
-    def _create_files(self, record: ImageRecord, thin_outstanding: int) -> None:
-        """Blocking: check space, make the pending image, write the ready record, then publish the image's name.
+    async def _copy_into_volume(self, record: ImageRecord, source: _CopySource) -> None:
+        volume_id = record.volume_id
+        await anyio.to_thread.run_sync(write_record, self._meta(volume_id), record.to_json())
+        fault_point("create.after_meta")
+        try:
+            await self._copy_consistent(source, self._image(volume_id))
+            await anyio.to_thread.run_sync(
+                lambda: files.grow_image(self._image(volume_id), record.capacity_bytes, allocate=not record.thin))
+            fault_point("create.after_image")
+            await anyio.to_thread.run_sync(write_record, self._meta(volume_id),
+                                           replace(record, state=READY).to_json())
+            fault_point("create.after_ready")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._remove_files(volume_id)
+            raise
+
+    def _create_files(self, record: ImageRecord) -> None:
+        """Blocking: make the pending image, write the ready record, then publish the image's name.
 
         Three fsyncs, two journal commits: the record's fsync commits the image's allocation with it, so the
         image's own fsync that follows finds nothing left to commit; then the directory, after both renames.
         Any failure removes what this call wrote; a crash leaves ``.tmp-<id>.img``, which start-up removes with
         the record.
         """
-        self._check_space(record.capacity_bytes, record.thin, thin_outstanding)
         image, pending = self._image(record.volume_id), self._pending_image(record.volume_id)
-        if os.path.lexists(image):  # an image without a record: not ours to overwrite
+        if files.exists(image):  # an image without a record: not ours to overwrite
             raise FileExistsError(errno.EEXIST, "an image without a metadata record is in the way", image)
-        self._make_image(pending, record.capacity_bytes, record.thin)
+        files.create_image(pending, record.capacity_bytes, allocate=not record.thin)
         try:
             fault_point("create.after_image")
             write_record(self._meta(record.volume_id), replace(record, state=READY).to_json(), sync_directory=False)
             fault_point("create.after_meta")
-            fsync_path(pending)
+            files.fsync_path(pending)
             os.rename(pending, image)
-            fsync_directory(self._dir)
+            files.fsync_directory(self._dir)
             fault_point("create.after_ready")
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pending)
+            files.remove([pending])
             self._remove_files_sync(record.volume_id)
             raise
-
-    def _available_sync(self, thin_outstanding: int) -> int:
-        """Bytes new volumes may take: free space less what thin volumes may still grow into, in whole MiB."""
-        st = os.statvfs(self._dir)
-        available = max(0, int(st.f_bavail * st.f_frsize - thin_outstanding / self._ratio))
-        return available - available % MIB
-
-    def _check_space(self, size: int, thin: bool, thin_outstanding: int) -> None:
-        available = self._available_sync(thin_outstanding)
-        needed = size / self._ratio if thin else size
-        if needed > available:
-            raise errors.CapacityExhausted(
-                f"not enough space: {size} bytes asked, {available} bytes available on this node"
-            )
-
-    def _resolve_source(self, source: ContentSource) -> _CopySource:
-        """Where the data of a content source is, and which volume (if any) to freeze while copying it."""
-        if source.kind is SourceKind.SNAPSHOT:
-            snap = self._snapshots.get(source.source_id)
-            if snap is None:
-                raise errors.SnapshotNotFound(source.source_id)
-            return _CopySource(self._snap_image(snap.snapshot_id), snap.size_bytes, "", snap.block_size)
-        volume = self._records.get(source.source_id)
-        if volume is None:
-            raise errors.VolumeNotFound(source.source_id)
-        return _CopySource(self._image(volume.volume_id), volume.capacity_bytes, volume.volume_id,
-                           volume.block_size)
-
-    async def _copy_consistent(self, source: _CopySource, target: str) -> reflink.CopyResult:
-        """Copy ``source`` to the new file ``target``, the source volume held still for the copy."""
-        device = await self.device_path(source.volume_id) if source.volume_id else None
-        async with held_still(source.volume_id, device, atomic_copy=self._reflink):
-            result = await reflink.copy_image(source.path, target)
-        logger.info("copied {} to {} ({}, {} bytes moved)", source.path, target, result.method.value,
-                    result.copied_bytes)
-        return result
-
-    @staticmethod
-    def _fit_image(path: str, size: int, thin: bool) -> None:
-        """Grow a copied image to ``size``; a thick volume gets every block allocated."""
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            if not thin:
-                os.posix_fallocate(fd, 0, size)
-            os.fsync(fd)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise errors.CapacityExhausted(f"the loopfile filesystem has no room for {size} bytes") from exc
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _existing(record: ImageRecord) -> Existing:
         return Existing(record.volume_id, record.name, record.capacity_bytes, record.source,
                         {"provisioning": "thin" if record.thin else "thick"})
 
-    @staticmethod
-    def _make_image(path: str, size: int, thin: bool) -> None:
-        """Create and size the file at ``path``; not fsynced (the caller does, after the record's fsync)."""
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        try:
-            if thin:
-                os.ftruncate(fd, size)
-            else:
-                try:
-                    os.posix_fallocate(fd, 0, size)
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise errors.CapacityExhausted(
-                            f"the loopfile filesystem has no room for {size} bytes"
-                        ) from exc
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    os.ftruncate(fd, size)
-        except BaseException as exc:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise errors.CapacityExhausted(f"the loopfile filesystem has no room for {size} bytes") from exc
-            raise
-        os.close(fd)
-
-    async def _reserve(self, size: int, thin: bool) -> None:
-        outstanding = await self._thin_outstanding()
-        await anyio.to_thread.run_sync(self._check_space, size, thin, outstanding)
-
     def _remove_files_sync(self, volume_id: str) -> None:
-        for path in (self._image(volume_id), self._meta(volume_id)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        fsync_directory(self._dir)
+        files.remove([self._image(volume_id), self._meta(volume_id)], sync=self._dir)
 
     async def _remove_files(self, volume_id: str) -> None:
         await anyio.to_thread.run_sync(self._remove_files_sync, volume_id)
@@ -491,7 +445,6 @@ class LoopfileBackend:
         except BaseException:
             self._records[volume_id] = record
             raise
-        self._thin_allocated.pop(volume_id, None)
         logger.debug("deleted volume {}", volume_id)
 
     def _delete_files(self, volume_id: str) -> None:
@@ -500,19 +453,15 @@ class LoopfileBackend:
         A rename needs no free space, so this works on a full filesystem too. One fsync, of the directory.
         """
         pending = self._pending_image(volume_id)
-        with contextlib.suppress(FileNotFoundError):  # already gone: the record alone is left to remove
-            os.rename(self._image(volume_id), pending)
+        files.rename_if_present(self._image(volume_id), pending)  # already gone: the record alone is left
         fault_point("delete.after_mark")
-        for path in (self._meta(volume_id), pending):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        fsync_directory(self._dir)
+        files.remove([self._meta(volume_id), pending], sync=self._dir)
 
     async def get_volume(self, volume_id: str) -> Volume:
         record = self._records.get(volume_id)
         if record is None:
             raise errors.VolumeNotFound(volume_id)
-        return record.to_volume(await self._condition(record))
+        return record.to_volume(await self.volume_health(volume_id))
 
     async def require_volume(self, volume_id: str) -> None:
         if volume_id not in self._records:
@@ -525,35 +474,52 @@ class LoopfileBackend:
             return False
         return await anyio.to_thread.run_sync(holds_no_data, self._image(volume_id))
 
+    async def may_hold_data(self, volume_id: str) -> bool:
+        """Data was seen in the image before an attach or after a detach, or it was made as a copy (the
+        record's ``held_data``, kept from then on)."""
+        record = self._records.get(volume_id)
+        return record is None or record.held_data
+
+    async def _note_data(self, volume_id: str) -> None:
+        """Remember, once and for good, that the image holds data now (checked when nothing of ours writes
+        to it: before its attach, after its detach)."""
+        record = self._records.get(volume_id)
+        if record is None or record.held_data or await self.reads_as_zeros(volume_id):
+            return
+        marked = replace(record, held_data=True)
+        await anyio.to_thread.run_sync(write_record, self._meta(volume_id), marked.to_json())
+        if self._records.get(volume_id) is record:
+            self._records[volume_id] = marked
+
+    async def volume_health(self, volume_id: str) -> Condition:
+        record = self._records.get(volume_id)
+        if record is None:
+            raise errors.VolumeNotFound(volume_id)
+        return (await self._conditions([record]))[volume_id]
+
+    async def _conditions(self, records: list[ImageRecord]) -> dict[str, Condition]:
+        """The condition of each volume: its image, the space behind it, and (attached) its filesystem."""
+        uses, free = await self._measure(records)
+        devices = {}
+        for record in records:
+            if record.volume_id in self._loops:
+                device = await self.device_path(record.volume_id)
+                if device is not None:
+                    devices[record.volume_id] = device
+        attached = await health.device_conditions(devices)
+        return {r.volume_id: health.combine(image_condition(r, uses[r.volume_id], free, self._ratio),
+                                            attached.get(r.volume_id)) for r in records}
+
     async def list_volumes(self) -> list[Volume]:
-        return [self._records[k].to_volume() for k in sorted(self._records)]
+        records = [self._records[k] for k in sorted(self._records)]
+        conditions = await self._conditions(records)
+        return [r.to_volume(conditions[r.volume_id]) for r in records]
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
         if parameters:
             parse_thin(parameters)
-        outstanding = await self._thin_outstanding()
-        available = await anyio.to_thread.run_sync(self._available_sync, outstanding)
+        available = await self._space.available()
         return Capacity(available_bytes=available, maximum_volume_bytes=available, minimum_volume_bytes=MIB)
-
-    async def _thin_outstanding(self) -> int:
-        """Bytes thin volumes may still grow into (capacity minus what they already hold)."""
-        thin = [r for r in self._records.values() if r.thin]
-        if not thin:
-            return 0
-        now = time.monotonic()
-        if now - self._thin_allocated_at > 5.0:
-            def allocated() -> dict[str, int]:
-                out = {}
-                for r in thin:
-                    try:
-                        out[r.volume_id] = os.stat(self._image(r.volume_id)).st_blocks * 512
-                    except FileNotFoundError:
-                        out[r.volume_id] = 0
-                return out
-
-            self._thin_allocated = await anyio.to_thread.run_sync(allocated)
-            self._thin_allocated_at = now
-        return sum(max(0, r.capacity_bytes - self._thin_allocated.get(r.volume_id, 0)) for r in thin)
 
     async def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> int:
         record = self._records.get(volume_id)
@@ -564,29 +530,15 @@ class LoopfileBackend:
             raise errors.OutOfRange(f"{new_size} bytes (rounded to MiB) exceeds the limit of {limit_bytes} bytes")
         if new_size <= record.capacity_bytes:
             return record.capacity_bytes
-        await self._reserve(new_size - record.capacity_bytes, record.thin)
-
-        def grow() -> None:
-            fd = os.open(self._image(volume_id), os.O_RDWR | os.O_CLOEXEC)
-            try:
-                if record.thin:
-                    os.ftruncate(fd, new_size)
-                else:
-                    os.posix_fallocate(fd, 0, new_size)
-                os.fsync(fd)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    os.ftruncate(fd, record.capacity_bytes)
-                    raise errors.CapacityExhausted(f"no room to grow volume {volume_id} to {new_size} bytes") from exc
-                raise
-            finally:
-                os.close(fd)
-
-        await anyio.to_thread.run_sync(grow)
-        fault_point("expand.after_grow")
-        grown = replace(record, capacity_bytes=new_size)
-        await anyio.to_thread.run_sync(write_record, self._meta(volume_id), grown.to_json())
-        self._records[volume_id] = grown
+        growth = new_size - record.capacity_bytes
+        async with self._space.hold(space.volume_cost(growth, record.thin, self._ratio),
+                                    f"growing volume {volume_id} by {growth} bytes"):
+            await anyio.to_thread.run_sync(
+                lambda: files.grow_image(self._image(volume_id), new_size, allocate=not record.thin))
+            fault_point("expand.after_grow")
+            grown = replace(record, capacity_bytes=new_size)
+            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), grown.to_json())
+            self._records[volume_id] = grown
         logger.info("grew volume {} from {} to {} bytes", volume_id, record.capacity_bytes, new_size)
         return new_size
 
@@ -613,18 +565,6 @@ class LoopfileBackend:
         await anyio.to_thread.run_sync(write_record, self._meta(volume_id), unpublished.to_json())
         self._records[volume_id] = unpublished
 
-    async def _condition(self, record: ImageRecord) -> Condition:
-        def check() -> Condition:
-            try:
-                st = os.stat(self._image(record.volume_id))
-            except FileNotFoundError:
-                return Condition(abnormal=True, message=f"image file of volume {record.volume_id} is missing")
-            if st.st_size < record.capacity_bytes:
-                return Condition(abnormal=True, message="image file is smaller than the recorded capacity")
-            return Condition()
-
-        return await anyio.to_thread.run_sync(check)
-
     # -- node ---------------------------------------------------------------
     async def attach(self, volume_id: str, readonly: bool) -> str:
         record = self._records.get(volume_id)
@@ -633,6 +573,8 @@ class LoopfileBackend:
         current = await self.device_path(volume_id)
         if current is not None:
             return current
+        await self._allocated(self._image(volume_id), f"volume {volume_id}")
+        await self._note_data(volume_id)
         dev = await loop.attach(self._image(volume_id), readonly=readonly, direct_io=self._direct_io,
                                 block_size=record.block_size)
         self._loops[volume_id] = dev
@@ -651,6 +593,9 @@ class LoopfileBackend:
             return None
         return dev.path
 
+    async def attached_devices(self) -> list[str]:
+        return sorted(d for d in [await self.device_path(v) for v in list(self._loops)] if d is not None)
+
     async def detach(self, volume_id: str) -> None:
         device = await self.device_path(volume_id)
         if device is None:
@@ -661,12 +606,46 @@ class LoopfileBackend:
         await loop.detach(device)
         self._loops.pop(volume_id, None)
         logger.info("detached volume {} from {}", volume_id, device)
+        await self._note_data(volume_id)
 
     async def refresh_device_size(self, volume_id: str) -> int:
         device = await self.device_path(volume_id)
         if device is None:
             raise errors.PreconditionFailed(f"volume {volume_id} is not attached on this node")
         return await loop.refresh_capacity(device)
+
+    # -- copies -------------------------------------------------------------
+    def _resolve_source(self, source: ContentSource) -> _CopySource:
+        """Where the data of a content source is, and which volume (if any) to freeze while copying it."""
+        if source.kind is SourceKind.SNAPSHOT:
+            snap = self._snapshots.get(source.source_id)
+            if snap is None:
+                raise errors.SnapshotNotFound(source.source_id)
+            return _CopySource(self._snap_image(snap.snapshot_id), snap.size_bytes, "", snap.block_size)
+        volume = self._records.get(source.source_id)
+        if volume is None:
+            raise errors.VolumeNotFound(source.source_id)
+        return _CopySource(self._image(volume.volume_id), volume.capacity_bytes, volume.volume_id,
+                           volume.block_size)
+
+    @staticmethod
+    def _describe(source: ContentSource | None) -> str:
+        return f"{source.kind.value} {source.source_id}" if source is not None else ""
+
+    async def _copy_consistent(self, source: _CopySource, target: str, point: str = "") -> reflink.CopyResult:
+        """Copy ``source`` to the new file ``target``, the source volume held still for the copy (``point``: the
+        fault point reached once it is)."""
+        device = await self.device_path(source.volume_id) if source.volume_id else None
+        async with held_still(source.volume_id, device, atomic_copy=self._reflink):
+            fault_point(point)
+            try:
+                result = await reflink.copy_image(source.path, target)
+            except FileNotFoundError as exc:  # removed behind our back since it was checked
+                raise errors.PreconditionFailed(f"the image file {source.path} of the copy's source is missing: "
+                                                "its data is gone") from exc
+        logger.info("copied {} to {} ({}, {} bytes moved)", source.path, target, result.method.value,
+                    result.copied_bytes)
+        return result
 
     # -- snapshots ----------------------------------------------------------
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
@@ -678,44 +657,26 @@ class LoopfileBackend:
                 raise errors.SnapshotConflict(f"snapshot {name!r} exists with another source volume")
             return existing.to_snapshot()
         source = self._resolve_source(ContentSource(SourceKind.VOLUME, source_volume_id))
+        allocated = await self._allocated(source.path, f"volume {source_volume_id}")
         record = SnapshotRecord(
             snapshot_id=snapshot_id, name=name, source_volume_id=source_volume_id, size_bytes=source.size_bytes,
             state=CREATING, created_at=datetime.now(UTC).isoformat(), block_size=source.block_size,
         )
-        await anyio.to_thread.run_sync(write_record, self._snap_meta(snapshot_id), record.to_json())
-        try:
-            result = await self._copy_consistent(source, self._snap_image(snapshot_id))
-            record = replace(record, state=READY, method=result.method.value)
-            await anyio.to_thread.run_sync(write_record, self._snap_meta(snapshot_id), record.to_json())
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._remove_snapshot_files(snapshot_id)
-            raise
-        self._snapshots[snapshot_id] = record
+        async with self._space.hold(space.snapshot_cost(allocated), f"snapshot {name!r} of volume {source_volume_id}"):
+            await self._snapshots.begin(record)
+            try:
+                result = await self._copy_consistent(source, self._snap_image(snapshot_id), "snapshot.after_freeze")
+                record = await self._snapshots.finish(replace(record, state=READY, method=result.method.value))
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._snapshots.remove(snapshot_id)
+                raise
         logger.info("created snapshot {} of volume {} ({})", snapshot_id, source_volume_id, record.method)
         return record.to_snapshot()
 
-    async def _remove_snapshot_files(self, snapshot_id: str) -> None:
-        def remove() -> None:
-            for path in (self._snap_image(snapshot_id), self._snap_meta(snapshot_id)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            fsync_directory(self._snap_dir)
-
-        await anyio.to_thread.run_sync(remove)
-
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        record = self._snapshots.pop(snapshot_id, None)
-        if record is None:
-            return
-        try:
-            deleting = replace(record, state=DELETING)
-            await anyio.to_thread.run_sync(write_record, self._snap_meta(snapshot_id), deleting.to_json())
-            await self._remove_snapshot_files(snapshot_id)
-        except BaseException:
-            self._snapshots[snapshot_id] = record
-            raise
-        logger.info("deleted snapshot {}", snapshot_id)
+        if await self._snapshots.delete(snapshot_id):
+            logger.info("deleted snapshot {}", snapshot_id)
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot:
         record = self._snapshots.get(snapshot_id)
@@ -724,4 +685,4 @@ class LoopfileBackend:
         return record.to_snapshot()
 
     async def list_snapshots(self) -> list[Snapshot]:
-        return [self._snapshots[k].to_snapshot() for k in sorted(self._snapshots)]
+        return [r.to_snapshot() for r in self._snapshots.records()]

@@ -37,6 +37,9 @@ class ImageRecord:
     readonly_node_ids: tuple[str, ...] = ()
     #: Logical block size of its loop device (0: the kernel's choice, records from before it was kept).
     block_size: int = 0
+    #: Data was seen in the image before an attach or after a detach, or it was made as a copy: a blank
+    #: probe of it is data without a signature, never formatted (see ``Backend.may_hold_data``).
+    held_data: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageRecord:
@@ -52,6 +55,7 @@ class ImageRecord:
             published_node_ids=tuple(str(n) for n in data.get("published_node_ids", ())),
             readonly_node_ids=tuple(str(n) for n in data.get("readonly_node_ids", ())),
             block_size=int(data.get("block_size", 0)),
+            held_data=bool(data.get("held_data", False)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -67,6 +71,7 @@ class ImageRecord:
             "published_node_ids": list(self.published_node_ids),
             "readonly_node_ids": list(self.readonly_node_ids),
             "block_size": self.block_size,
+            "held_data": self.held_data,
         }
 
     def to_volume(self, condition: Condition | None = None) -> Volume:

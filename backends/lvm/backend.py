@@ -62,7 +62,13 @@ stay real reads.
 
 Health. ``Volume.condition`` comes from ``lv_attr`` and ``lv_health_status``
 (a missing PV makes the LV partial; suspended or table-less devices; a thin
-pool out of data or metadata space).
+pool out of data or metadata space), and for an active LV from its filesystem
+(:func:`backends.health.device_conditions`: not grown to the LV's size, ext4
+errors).
+
+One instance owns the VG: :meth:`LvmBackend.lock_storage` locks the device
+node of each of its PVs (``flock``; the host's ``/dev`` is what every instance
+sees) before anything else.
 
 Snapshots and clones (only with a thin pool: ``features.snapshots`` and
 ``features.clones`` follow ``--lvm-thinpool``). A snapshot is a thin snapshot of
@@ -94,9 +100,10 @@ from typing import ClassVar
 import anyio
 from loguru import logger
 
-from backends import errors, paths
+from backends import errors, health, paths
 from backends.base import (
     Capacity,
+    Condition,
     ContentSource,
     Features,
     Snapshot,
@@ -138,6 +145,7 @@ from backends.provisioning import (
     round_up,
     volume_size,
 )
+from backends.system import storagelock
 from backends.system.errors import CommandError
 from backends.system.lvm import LogicalVolume, LogicalVolumeNotFound, Lvm, VolumeGroup, VolumeGroupNotFound
 from backends.system.runner import Runner
@@ -176,6 +184,7 @@ class LvmBackend:
         self._index: dict[str, LogicalVolume] = {}
         self._snapshots: dict[str, LogicalVolume] = {}
         self._pool_lock = anyio.Lock()
+        self._storage_lock: storagelock.StorageLock | None = None
         self._features = options.features()
 
     @property
@@ -195,6 +204,17 @@ class LvmBackend:
         return self._pool
 
     # lifecycle ------------------------------------------------------------
+    async def lock_storage(self) -> None:
+        """Lock the device node of every present PV of the VG (one ``pvs``)."""
+        if self._storage_lock is not None:
+            return
+        await self._checked_vg()
+        pvs = await self._lvm.physical_volumes(self._vg)
+        if not pvs:
+            raise errors.Unavailable(f"no PV of volume group {self._vg!r} is present to lock")
+        self._storage_lock = await anyio.to_thread.run_sync(
+            storagelock.lock_devices, pvs, f"volume group {self._vg} ({', '.join(pvs)})")
+
     async def start(self) -> None:
         try:
             version = await self._lvm.version()
@@ -233,7 +253,9 @@ class LvmBackend:
         return pool
 
     async def close(self) -> None:
-        return None
+        lock, self._storage_lock = self._storage_lock, None
+        if lock is not None:
+            lock.release()
 
     async def check_health(self) -> None:
         await self._checked_vg()
@@ -421,8 +443,26 @@ class LvmBackend:
 
     async def get_volume(self, volume_id: str) -> Volume:
         lv = await self._require(volume_id)
+        return to_volume(lv, await self._condition(lv))
+
+    async def volume_health(self, volume_id: str) -> Condition:
+        return await self._condition(await self._require(volume_id))
+
+    async def _condition(self, lv: LogicalVolume) -> Condition:
         pool = await self._lvm.logical_volume(self._vg, lv.pool_lv) if lv.thin and lv.pool_lv else None
-        return to_volume(lv, condition_of(lv, pool))
+        return (await self._conditions([lv], {lv.pool_lv: pool} if pool else {}))[lv.name]
+
+    async def _conditions(self, lvs: list[LogicalVolume],
+                          pools: Mapping[str, LogicalVolume]) -> dict[str, Condition]:
+        """Each LV's condition: LVM's (attributes, health, its pool's), then an active one's filesystem."""
+        devices = {}
+        for lv in lvs:
+            device = await self._lvm.active_device(self._vg, lv.name) if lv.active else None
+            if device is not None:
+                devices[lv.name] = device
+        attached = await health.device_conditions(devices)
+        return {lv.name: health.combine(condition_of(lv, pools.get(lv.pool_lv)), attached.get(lv.name))
+                for lv in lvs}
 
     async def require_volume(self, volume_id: str) -> None:
         if await self._known(volume_id) is None:
@@ -430,6 +470,12 @@ class LvmBackend:
 
     async def reads_as_zeros(self, volume_id: str) -> bool:
         return False  # telling would take an lvs (thin: nothing mapped); the probe is cheaper
+
+    async def may_hold_data(self, volume_id: str) -> bool:
+        """A restored or cloned LV holds its source's data (its content-source tag says so); of any other LV
+        the tags keep no history of writes, so the probe decides (no LVM command: the index answers)."""
+        lv = await self._known(volume_id)
+        return lv is None or content_source_of(lv) is not None
 
     async def list_volumes(self) -> list[Volume]:
         """Every volume as LVM has it now, each with its condition (its thin pool's included).
@@ -440,10 +486,9 @@ class LvmBackend:
         lvs = await self._lvm.logical_volumes(self._vg)
         pools = {lv.name: lv for lv in lvs if lv.thin_pool}
         self._index = {lv.name: lv for lv in lvs if owned(lv)}
-        return [
-            to_volume(lv, condition_of(lv, pools.get(lv.pool_lv)))
-            for lv in sorted(self._index.values(), key=lambda lv: lv.name)
-        ]
+        ordered = sorted(self._index.values(), key=lambda lv: lv.name)
+        conditions = await self._conditions(ordered, pools)
+        return [to_volume(lv, conditions[lv.name]) for lv in ordered]
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
         thin = parse_type(parameters, self._pool is not None)
@@ -566,6 +611,11 @@ class LvmBackend:
             raise errors.PreconditionFailed(f"volume {volume_id} is not attached on this node")
         # lvextend reloads the table of an active LV: the device already has its new size.
         return await block_device_size(device)
+
+    async def attached_devices(self) -> list[str]:
+        """Our LVs that are active now (device-mapper devices, read from sysfs: no LVM command)."""
+        found = [await self._lvm.active_device(self._vg, name) for name in list(self._index)]
+        return sorted(d for d in found if d is not None)
 
     # snapshots ------------------------------------------------------------------
     async def _lookup_snapshot(self, snapshot_id: str) -> LogicalVolume | None:

@@ -34,6 +34,17 @@ Snapshots need somewhere honest to live: with ``--rawdisk-snapshot-dir`` each
 is a sparse image of the partition in that directory
 (:mod:`backends.rawdisk.snapshots`), and only then are the snapshot
 capabilities advertised. Every copy costs the source's full size in I/O time.
+A snapshot is admitted only when the directory can hold the whole partition
+(its data is unknown until it is read) on top of what snapshots being copied
+already hold (:mod:`backends.reservations`): one that is accepted never runs
+out of room half-way because another was.
+
+One instance owns the disks. Start-up locks the snapshot directory first, then
+every disk it may write (free or claimed by us; ``flock`` of the device node,
+:mod:`backends.system.storagelock`) before it repairs anything: a second
+instance on the same disks stops with "in use by PID N". A disk that appears
+later and is locked by another instance is excluded with that reason; a disk
+that is no longer free or ours is let go.
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
-from backends import errors, paths
+from backends import errors, health, paths
 from backends.base import (
     Capacity,
     Condition,
@@ -76,8 +87,10 @@ from backends.provisioning import (
 from backends.rawdisk import claim as rawdisk_claim
 from backends.rawdisk.inventory import Disk, State, exclude_duplicate_claims, inspect_one, scan
 from backends.rawdisk.options import RawdiskOptions
-from backends.rawdisk.snapshots import CREATING, READY, SnapshotRecord, SnapshotStore
-from backends.system import blockcopy, disks, gpt, loop, uevents
+from backends.rawdisk.snapshots import CREATING, READY, SnapshotRecord
+from backends.reservations import Reservations
+from backends.snapshots import SnapshotStore
+from backends.system import blockcopy, disks, files, gpt, loop, storagelock, uevents
 from backends.system.runner import Runner, require_tools
 
 CONTEXT_DISK = "localcsi.dev/disk"
@@ -93,9 +106,12 @@ class VolumeEntry:
     disk: Disk
     present: bool = True
 
-    def to_volume(self) -> Volume:
-        condition = Condition() if self.present else Condition(
+    def condition(self) -> Condition:
+        """What the index knows of the volume's disk."""
+        return Condition() if self.present else Condition(
             abnormal=True, message=f"disk {self.disk.path} ({self.disk.real_path}) of this volume has disappeared")
+
+    def to_volume(self, condition: Condition | None = None) -> Volume:
         return Volume(
             volume_id=self.claim.volume_id,
             name=self.claim.record.name,
@@ -103,7 +119,7 @@ class VolumeEntry:
             context={CONTEXT_BACKEND: "rawdisk", CONTEXT_DISK: self.disk.path},
             source=self.claim.record.source,
             published_node_ids=self.claim.record.published_node_ids,
-            condition=condition,
+            condition=condition or self.condition(),
         )
 
 
@@ -164,7 +180,14 @@ class RawdiskBackend:
         self._incomplete: dict[str, VolumeEntry] = {}
         #: Volume ids whose copy runs in this process now.
         self._copying: set[str] = set()
-        self._snapshots = SnapshotStore(snapshot_dir) if snapshot_dir else None
+        self._snapshots = SnapshotStore(snapshot_dir, SnapshotRecord) if snapshot_dir else None
+        #: Room in the snapshot directory held by snapshots being copied.
+        self._snapshot_space = Reservations(self._snapshot_room)
+        #: The snapshot directory's lock, and the locks of the disks this instance may write.
+        self._dir_lock: storagelock.StorageLock | None = None
+        self._disk_locks = storagelock.StorageLock("the rawdisk disks")
+        #: Set by :meth:`lock_storage`: each scan locks the disks this instance may write.
+        self._exclusive = False
         self._loops: dict[str, loop.LoopDevice] = {}
         #: Guards the pool's bookkeeping (inventory, index, reservations) and whole rescans; never held
         #: across a claim's or a wipe's I/O, which runs on a reserved disk outside it.
@@ -205,7 +228,36 @@ class RawdiskBackend:
         if not self._patterns:
             raise errors.Unavailable("the rawdisk backend needs at least one --rawdisk-device pattern")
         require_tools(["blkid", "mkfs.ext4", "mkfs.xfs"])
-        await self.rescan()
+        try:
+            async with self._lock:
+                await self._rescan_locked(starting=True)
+            await self._recover()
+        except BaseException:
+            await self.close()
+            raise
+        counts = {s: sum(1 for d in self._disks.values() if d.state is s) for s in State}
+        logger.info("rawdisk backend ready: {} disks matched ({} free, {} claimed, {} excluded), {} attached",
+                    len(self._disks), counts[State.FREE], counts[State.CLAIMED], counts[State.EXCLUDED],
+                    len(self._loops))
+
+    async def lock_storage(self) -> None:
+        """Lock the snapshot directory now, and from now on every disk this instance may write, as each scan
+        finds it (the first, in :meth:`start`, before any repair)."""
+        if self._snapshots is not None and self._dir_lock is None:
+            self._dir_lock = await anyio.to_thread.run_sync(self._lock_snapshot_dir, self._snapshots.directory)
+        self._exclusive = True
+
+    @staticmethod
+    def _lock_snapshot_dir(directory: str) -> storagelock.StorageLock:
+        try:
+            files.ensure_directory(directory)
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot create the rawdisk snapshot directory {directory}: {exc.strerror}") \
+                from exc
+        return storagelock.lock_directory(directory, f"the rawdisk snapshot directory {directory}")
+
+    async def _recover(self) -> None:
+        """With every lock held: find our partition views, finish what a crash interrupted, follow uevents."""
         wanted = {(e.disk.real_path, e.claim.partition_offset): vid for vid, e in self._volumes.items()}
         for dev in await loop.list_attached():
             volume_id = wanted.get((dev.backing_file, dev.offset))
@@ -217,16 +269,16 @@ class RawdiskBackend:
             await self._tg.__aenter__()
             await self._tg.start(self._listen)
             self._tg.start_soon(self._rescan_on_events)
-        counts = {s: sum(1 for d in self._disks.values() if d.state is s) for s in State}
-        logger.info("rawdisk backend ready: {} disks matched ({} free, {} claimed, {} excluded), {} attached",
-                    len(self._disks), counts[State.FREE], counts[State.CLAIMED], counts[State.EXCLUDED],
-                    len(self._loops))
 
     async def close(self) -> None:
         tg, self._tg = self._tg, None
         if tg is not None:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
+        self._disk_locks.release()
+        lock, self._dir_lock = self._dir_lock, None
+        if lock is not None:
+            lock.release()
 
     async def check_health(self) -> None:
         return None
@@ -246,7 +298,7 @@ class RawdiskBackend:
             if only:
                 await self._rescan_locked(only)
 
-    async def _rescan_locked(self, only: set[str] | None = None) -> None:
+    async def _rescan_locked(self, only: set[str] | None = None, *, starting: bool = False) -> None:
         found = await scan(self._runner, self._patterns, min_bytes=self._min_bytes, only=only)
         if only is not None:
             fresh = {d.real_path: d for d in found}
@@ -254,6 +306,8 @@ class RawdiskBackend:
             if len(kept) == len(self._disks) and not fresh and not found:
                 return  # none of them was, or is, on the allow-list
             found = exclude_duplicate_claims(kept + list(fresh.values()))
+        if self._exclusive:
+            found = await self._hold_locks(found, starting=starting)
         self._disks = {d.real_path: d for d in found}
         seen: set[str] = set()
         for disk in found:
@@ -279,6 +333,26 @@ class RawdiskBackend:
             self._scans += 1
         else:
             self._disk_reads += 1
+
+    async def _hold_locks(self, found: list[Disk], *, starting: bool) -> list[Disk]:
+        """Lock every disk this instance may write (free, or ours) and let go of the others. A disk another
+        instance holds: at start-up the end of it (StorageInUse), later that disk's exclusion."""
+        wanted = {d.real_path for d in found if d.state in (State.FREE, State.CLAIMED)}
+        for path in [p for p in self._disk_locks.paths if p not in wanted]:
+            self._disk_locks.drop(path)
+        out = []
+        for disk in found:
+            kept = disk
+            if disk.real_path in wanted and not self._disk_locks.holds(disk.real_path):
+                try:
+                    await anyio.to_thread.run_sync(self._disk_locks.add, disk.real_path, f"disk {disk.path}")
+                except errors.StorageInUse as exc:
+                    if starting:
+                        raise
+                    kept = replace(disk, state=State.EXCLUDED, claim=None,
+                                   reason=f"is held by another localcsi instance: {exc.message}")
+            out.append(kept)
+        return out
 
     def inventory(self) -> list[Disk]:
         return list(self._disks.values())
@@ -579,7 +653,7 @@ class RawdiskBackend:
         entry = self._volumes.get(volume_id)
         if entry is None:
             raise errors.VolumeNotFound(volume_id)
-        return entry.to_volume()
+        return entry.to_volume(await self.volume_health(volume_id))
 
     async def require_volume(self, volume_id: str) -> None:
         if volume_id not in self._volumes:
@@ -588,8 +662,32 @@ class RawdiskBackend:
     async def reads_as_zeros(self, volume_id: str) -> bool:
         return False  # a disk's contents are whatever it holds: the probe always decides
 
+    async def may_hold_data(self, volume_id: str) -> bool:
+        """A clone or restore holds its source's data; of any other volume the claim keeps no history (its
+        disk was wiped when its last volume was deleted), so the probe decides."""
+        entry = self._volumes.get(volume_id)
+        return entry is None or entry.claim.record.source is not None
+
+    async def volume_health(self, volume_id: str) -> Condition:
+        entry = self._volumes.get(volume_id)
+        if entry is None:
+            raise errors.VolumeNotFound(volume_id)
+        return (await self._conditions([entry]))[volume_id]
+
+    async def _conditions(self, entries: list[VolumeEntry]) -> dict[str, Condition]:
+        """Each volume's condition: its disk present, and (attached) its device and filesystem."""
+        devices = {}
+        for entry in entries:
+            device = await self.device_path(entry.claim.volume_id) if entry.present else None
+            if device is not None:
+                devices[entry.claim.volume_id] = device
+        attached = await health.device_conditions(devices)
+        return {e.claim.volume_id: health.combine(e.condition(), attached.get(e.claim.volume_id)) for e in entries}
+
     async def list_volumes(self) -> list[Volume]:
-        return [self._volumes[k].to_volume() for k in sorted(self._volumes)]
+        entries = [self._volumes[k] for k in sorted(self._volumes)]
+        conditions = await self._conditions(entries)
+        return [e.to_volume(conditions[e.claim.volume_id]) for e in entries]
 
     async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
         check_parameters(parameters)
@@ -646,21 +744,8 @@ class RawdiskBackend:
     # -- node ---------------------------------------------------------------
     async def _partition_device(self, entry: VolumeEntry) -> str | None:
         """The kernel's device for our partition, when it shows one that matches the claim."""
-        def find() -> str | None:
-            for child, number in disks.partitions_of(entry.disk.name):
-                if number != 1:
-                    continue
-                start = disks.SYS_CLASS_BLOCK / child / "start"
-                size = disks.SYS_CLASS_BLOCK / child / "size"
-                try:
-                    ok = (int(start.read_text()) * 512 == entry.claim.partition_offset
-                          and int(size.read_text()) * 512 == entry.claim.partition_bytes)
-                except (OSError, ValueError):
-                    return None
-                return f"/dev/{child}" if ok else None
-            return None
-
-        return await anyio.to_thread.run_sync(find)
+        return await anyio.to_thread.run_sync(disks.partition_matching, entry.disk.name, 1,
+                                              entry.claim.partition_offset, entry.claim.partition_bytes)
 
     async def attach(self, volume_id: str, readonly: bool) -> str:
         entry = self._present(volume_id)
@@ -719,9 +804,18 @@ class RawdiskBackend:
         entry = self._present(volume_id)
         return entry.claim.partition_bytes
 
+    async def attached_devices(self) -> list[str]:
+        """Our loop views and the kernel partition devices of our claims, as far as they exist now."""
+        found = [await self.device_path(v) for v in list(self._volumes)]
+        return sorted(d for d in found if d is not None)
+
 
     # -- snapshots ----------------------------------------------------------
-    def _store(self) -> SnapshotStore:
+    async def _snapshot_room(self) -> int:
+        """Free bytes of the snapshot directory's filesystem (nothing else there is promised)."""
+        return await anyio.to_thread.run_sync(files.free_bytes, self._store().directory)
+
+    def _store(self) -> SnapshotStore[SnapshotRecord]:
         if self._snapshots is None:
             raise errors.InvalidArgument("the rawdisk backend keeps snapshots only with --rawdisk-snapshot-dir")
         return self._snapshots
@@ -739,17 +833,20 @@ class RawdiskBackend:
         source = self._partition_range(entry)
         record = SnapshotRecord(snapshot_id, name, source_volume_id, source.length, CREATING,
                                 datetime.now(UTC).isoformat(), sector_bytes=entry.disk.sector_bytes)
-        await store.begin(record)
-        try:
-            image = blockcopy.Range(store.image(snapshot_id), 0, source.length, blockcopy.Kind.IMAGE)
-            async with self._held_still(source_volume_id):
-                fault_point("rawdisk.snapshot.after_freeze")
-                stats = await blockcopy.copy(source, image)
-            record = await store.finish(replace(record, state=READY, data_bytes=stats.bytes_data))
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.remove(snapshot_id)
-            raise
+        # The partition's data is known only once it is read: hold room for all of it.
+        async with self._snapshot_space.hold(source.length, f"snapshot {name!r} of volume {source_volume_id} "
+                                                            f"(up to its whole partition) in {store.directory}"):
+            await store.begin(record)
+            try:
+                image = blockcopy.Range(store.image(snapshot_id), 0, source.length, blockcopy.Kind.IMAGE)
+                async with self._held_still(source_volume_id):
+                    fault_point("rawdisk.snapshot.after_freeze")
+                    stats = await blockcopy.copy(source, image)
+                record = await store.finish(replace(record, state=READY, data_bytes=stats.bytes_data))
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await store.remove(snapshot_id)
+                raise
         logger.info("snapshot {} of volume {}: {} bytes, {} of data, in {:.1f} s ({:.0f} MiB/s)", snapshot_id,
                     source_volume_id, stats.bytes_total, stats.bytes_data, stats.seconds, stats.mib_per_second)
         return record.to_snapshot()

@@ -28,6 +28,7 @@ from backends.loopfile.backend import PARAM_PROVISIONING, LoopfileBackend
 from backends.loopfile.options import LoopfileOptions
 from backends.system import reflink
 from backends.system.runner import ProcessRunner
+from tests.filesystems import mounted_filesystem
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
 
@@ -62,19 +63,10 @@ class ImageFs:
 def image_filesystem(kind: str, size: int = 4 * GIB) -> Iterator[ImageFs]:
     """A loop-mounted xfs (reflink) or ext4 filesystem in a scratch directory, removed afterwards."""
     fs = ImageFs(Path(tempfile.mkdtemp(prefix="localcsi-snap-")), kind)
-    image = fs.root / "fs.img"
-    with image.open("wb") as handle:
-        handle.truncate(size)
-    mkfs = ["mkfs.xfs", "-q", "-m", "reflink=1", str(image)] if kind == "xfs" else ["mkfs.ext4", "-q", str(image)]
-    subprocess.run(mkfs, check=True)
-    fs.mount_point.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(fs.mount_point)], check=True)
     try:
-        yield fs
+        with mounted_filesystem(kind, size, fs.mount_point):
+            yield fs
     finally:
-        if subprocess.run(["umount", str(fs.mount_point)], check=False).returncode:
-            # Something still holds it (a test left a file open): detach lazily, the loop device follows.
-            subprocess.run(["umount", "-l", str(fs.mount_point)], check=False)
         shutil.rmtree(fs.root, ignore_errors=True)
 
 

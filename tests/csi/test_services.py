@@ -51,6 +51,7 @@ class ScriptedBackend:
     def node_id(self) -> str:
         return "n1"
 
+    async def lock_storage(self) -> None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -79,6 +80,12 @@ class ScriptedBackend:
     async def reads_as_zeros(self, volume_id: str) -> bool:
         return False
 
+    async def may_hold_data(self, volume_id: str) -> bool:
+        return True
+
+    async def volume_health(self, volume_id: str) -> Condition:
+        return (await self.get_volume(volume_id)).condition
+
     async def list_volumes(self) -> list[Volume]:
         return [self.volumes[k] for k in sorted(self.volumes)]
 
@@ -102,6 +109,9 @@ class ScriptedBackend:
 
     async def refresh_device_size(self, volume_id: str) -> int:
         return 0
+
+    async def attached_devices(self) -> list[str]:
+        return []
 
     async def volume_condition(self, volume_id: str) -> Condition:
         return Condition()
