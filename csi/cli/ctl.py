@@ -1,13 +1,17 @@
 """``localcsi ctl``: a CSI client for people debugging a driver (ours or anyone's).
 
-Every subcommand sends one RPC and prints the response as JSON; a gRPC error
-prints its code and message and exits 1.
+Every subcommand sends one RPC and prints the response as JSON; a gRPC error,
+an unreachable endpoint or a timeout prints one line and exits 1, a bad
+argument (an endpoint that is neither a unix socket path nor tcp://host:port)
+exits 2, and a reader that stops early (``ctl list | head``) ends it quietly
+with the shell's status for SIGPIPE (141).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,11 +20,13 @@ from typing import Any
 import anyio
 import betterproto2
 from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from csi.config import Endpoint
 from csi.gen.csi import v1 as csi
 
+#: Exit status of a process whose reader went away (128 + SIGPIPE), as a shell reports it.
+EXIT_BROKEN_PIPE = 141
 UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
          "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
 Mode = csi.VolumeCapabilityAccessModeMode
@@ -55,6 +61,15 @@ def capability(args: argparse.Namespace) -> csi.VolumeCapability:
     )
 
 
+def endpoint(text: str) -> str:
+    """An argparse type: ``unix:///path``, ``/path`` or ``tcp://host:port``, refused at once otherwise."""
+    try:
+        Endpoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def channel(endpoint: str) -> Channel:
     ep = Endpoint.parse(endpoint)
     return Channel(path=ep.path) if ep.path else Channel(host=ep.host, port=ep.port)
@@ -69,7 +84,8 @@ def _cap_args(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("ctl", help="talk to a CSI driver")
-    p.add_argument("--endpoint", default="unix:///run/localcsi/csi.sock")
+    p.add_argument("--endpoint", type=endpoint, default="unix:///run/localcsi/csi.sock",
+                   help="unix:///path, /path or tcp://host:port (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=60.0)
     cmds = p.add_subparsers(dest="ctl", required=True)
     cmds.add_parser("info", help="plugin info, plugin/controller/node capabilities, node info")
@@ -229,13 +245,28 @@ async def _main(args: argparse.Namespace) -> int:
     except GRPCError as exc:
         print(f"error: {exc.status.name}: {exc.message}", file=sys.stderr)
         return 1
-    except (ConnectionError, OSError) as exc:
+    except TimeoutError:
+        print(f"error: {args.endpoint} did not answer within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    except (ConnectionError, OSError, StreamTerminatedError) as exc:
         print(f"error: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
         return 1
     finally:
         ch.close()
-    json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
-    print()
+    return emit(result)
+
+
+def emit(result: Any) -> int:
+    """Print ``result`` as JSON; a reader that went away (``| head``) is not an error worth a traceback."""
+    try:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
+        print(flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null, so the interpreter's own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return 0
 
 
