@@ -2,9 +2,11 @@
 
 Both transports send our generated betterproto2 messages: grpclib through its
 own codec, grpcio through ``bytes(message)`` / ``Type().parse(data)`` on a
-generic unary-unary call, so no grpcio stubs are generated. grpcio is the
-client the reference figures were measured with (and is ~3× cheaper per call
-on the client side); grpclib needs nothing beyond the driver's dependencies.
+generic unary-unary call, so no grpcio stubs are generated. grpclib, the
+default, needs nothing beyond the driver's dependencies (``pip install .``);
+grpcio is optional (the dev extra has it): the client the reference figures
+were measured with, ~3× cheaper per call on the client side, used only when
+asked for.
 Errors from either become :class:`CallFailed` with the gRPC code's name.
 """
 

@@ -18,6 +18,7 @@ with ``--json FILE``, writes every figure. The phases:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -46,7 +47,9 @@ def add_parser(sub: Any) -> None:
                    help="start `localcsi serve --backend loopfile` with its socket and images in DIR")
     p.add_argument("--driver-arg", action="append", default=[], help="extra argument for the spawned driver")
     p.add_argument("--pid", type=int, default=0, help="the driver's pid, for memory and CPU figures")
-    p.add_argument("--client", choices=["grpcio", "grpclib"], default="grpcio")
+    p.add_argument("--client", choices=["grpclib", "grpcio"], default="grpclib",
+                   help="the gRPC client: grpclib (the driver's own dependency) or grpcio (optional, the client "
+                        "the reference figures were measured with; hack/bench uses it) (default: %(default)s)")
     p.add_argument("--work-dir", default="", help="where staging and target paths go (default: a temp dir)")
     p.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="CreateVolume parameter")
     p.add_argument("--json", dest="json_file", default="", metavar="FILE", help="write all figures as JSON")
@@ -240,6 +243,10 @@ def machine() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if bool(args.endpoint) == bool(args.spawn_loopfile):
         print("localcsi bench: give exactly one of --endpoint or --spawn-loopfile", file=sys.stderr)
+        return 2
+    if args.client == "grpcio" and importlib.util.find_spec("grpc") is None:
+        print("localcsi bench: --client grpcio needs grpcio (pip install grpcio); the default client, grpclib, "
+              "needs nothing more", file=sys.stderr)
         return 2
     parameters = dict(pair.partition("=")[::2] for pair in args.parameter)
     spawned = None
