@@ -135,7 +135,8 @@ class SnapshotStore(Generic[R]):
     def _prepare_and_scan(self) -> list[R]:
         try:
             files.ensure_directory(self._dir)
-            files.check_writable(self._dir)
+            if not files.check_writable(self._dir):
+                logger.warning("the filesystem of {} is full: deletions work, snapshots are refused", self._dir)
         except OSError as exc:
             raise errors.Unavailable(f"the snapshot directory {self._dir} is not usable: {exc.strerror}") from exc
         files.remove_leftovers(self._dir, PENDING_PREFIX + "*.json")

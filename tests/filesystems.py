@@ -50,27 +50,22 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def fill_up(path: Path, chunk: int = MIB) -> int:
-    """Write ``path`` (a new file) until its filesystem is full; return the bytes written."""
-    written = 0
-    data = os.urandom(chunk)
+def fill_up(path: Path) -> None:
+    """Write ``path`` (a new file) until its filesystem has not one block left (1 MiB writes, then ever smaller
+    ones: the last free blocks of a 1 KiB-block ext4 take 512-byte writes)."""
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
-        while True:
+        for chunk in (os.urandom(MIB), os.urandom(4096), os.urandom(512)):
             try:
-                written += os.write(fd, data if chunk <= MIB else data[:chunk])
+                while True:
+                    os.write(fd, chunk)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-                if chunk == 4096:
-                    break
-                chunk = 4096
-                data = data[:chunk]
         with contextlib.suppress(OSError):
             os.fsync(fd)
     finally:
         os.close(fd)
-    return written
 
 
 @contextlib.contextmanager

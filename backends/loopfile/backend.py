@@ -278,7 +278,8 @@ class LoopfileBackend:
     def _prepare_directory(self) -> None:
         try:
             files.ensure_directory(self._dir)
-            files.check_writable(self._dir)
+            if not files.check_writable(self._dir):
+                logger.warning("the filesystem of {} is full: deletions work, creations are refused", self._dir)
         except OSError as exc:
             raise errors.Unavailable(f"the loopfile directory {self._dir} is not usable: {exc.strerror}") from exc
         files.remove_leftovers(self._dir, PENDING_PREFIX + "*.json")

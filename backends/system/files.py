@@ -168,11 +168,18 @@ def ensure_directory(directory: str) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
 
 
-def check_writable(directory: str) -> None:
-    """Raise OSError unless a file can be created and removed in ``directory`` (``.probe``)."""
+def check_writable(directory: str) -> bool:
+    """Whether a file can be created and removed in ``directory`` (``.probe``): False when its filesystem is
+    full (deletions still work there, and must: they give the space back); OSError for anything else."""
     probe = os.path.join(directory, ".probe")
-    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        if exc.errno in _FULL:
+            return False
+        raise
     os.unlink(probe)
+    return True
 
 
 def file_names(directory: str) -> set[str]:
@@ -226,13 +233,23 @@ def free_bytes(directory: str) -> int:
 
 
 def supports_direct_io(directory: str) -> bool:
-    """Whether files in ``directory`` can be opened with ``O_DIRECT`` (tmpfs, for one, refuses it)."""
+    """Whether files in ``directory`` can be opened with ``O_DIRECT`` (ramfs, for one, refuses it). Probed with
+    an unnamed file where the filesystem has ``O_TMPFILE`` (no room needed), a named one otherwise; a full
+    filesystem that cannot be probed is given the benefit of the doubt."""
+    flags = os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC
     probe = os.path.join(directory, ".probe-direct")
     try:
-        os.close(os.open(probe, os.O_CREAT | os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC, 0o600))
+        try:
+            os.close(os.open(directory, flags | os.O_TMPFILE, 0o600))
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+                raise
+            os.close(os.open(probe, flags | os.O_CREAT, 0o600))
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return False
+        if exc.errno in _FULL:
+            return True
         raise
     finally:  # a refused O_DIRECT open may still have created the file
         remove([probe])

@@ -195,7 +195,26 @@ async def copy_image(src: str, dst: str, *, allow_reflink: bool = True) -> CopyR
 
 
 def supports_reflink_sync(directory: str) -> bool:
-    """Whether files in ``directory`` can share extents (probes with two scratch files). Blocking."""
+    """Whether files in ``directory`` can share extents. Blocking.
+
+    Probes by cloning one empty unnamed file (``O_TMPFILE``) into another: that needs no data block and no
+    directory entry, so it answers on a full filesystem too (where a driver must still start, to delete).
+    A filesystem without ``O_TMPFILE`` is probed with two named scratch files of one block instead.
+    """
+    try:
+        fds = [os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600) for _ in range(2)]
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        return _supports_reflink_named(directory)
+    try:
+        return clone_file(fds[0], fds[1])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _supports_reflink_named(directory: str) -> bool:
     src = os.path.join(directory, f".reflink-probe-{os.getpid()}-a")
     dst = os.path.join(directory, f".reflink-probe-{os.getpid()}-b")
     fds: list[int] = []

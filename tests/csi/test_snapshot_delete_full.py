@@ -46,6 +46,9 @@ async def test_delete_snapshot_on_a_full_filesystem_frees_its_space(tmp_path: Pa
                 fill_up(driver.data_dir / "filler.bin")  # someone else filled the filesystem
                 full = free_bytes(driver.data_dir)
                 assert full < MIB
+            driver.kill9()
+            driver.start()  # a driver restarted on a full filesystem, too, must give the space back
+            async with connect(driver.socket_path) as c:
                 request = csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id)
                 if crash:
                     with pytest.raises(Exception):  # noqa: B017 - the driver dies in the middle of the call
