@@ -73,9 +73,13 @@ class ScratchNode:
         return self.data_dir / f"{volume_id}.img"
 
 
-def driver_args(root: Path, extra: list[str]) -> list[str]:
+def loopfile_args(data_dir: Path, kubelet_dir: Path, extra: list[str] | None = None) -> list[str]:
     return ["--node-id", NODE_ID, "--driver-name", DRIVER_NAME, "--backend", "loopfile",
-            "--loopfile-dir", str(root / "storage" / "volumes"), "--kubelet-dir", str(root / "kubelet"), *extra]
+            "--loopfile-dir", str(data_dir), "--kubelet-dir", str(kubelet_dir), *(extra or [])]
+
+
+def driver_args(root: Path, extra: list[str]) -> list[str]:
+    return loopfile_args(root / "storage" / "volumes", root / "kubelet", extra)
 
 
 @contextlib.asynccontextmanager
@@ -116,6 +120,61 @@ def force_clean(root: Path) -> None:
         host.run(["losetup", "-d", info.device], check=False)
     if not host.mounts_under(root):
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class FilesystemNode:
+    """A driver whose image directory lives on a loop-mounted filesystem of this node's own."""
+
+    root: Path
+    driver: DriverInstance
+
+    @property
+    def mount_point(self) -> Path:
+        return self.root / "fs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.mount_point / "volumes"
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.root / "kubelet"
+
+
+MKFS = {"ext4": ["mkfs.ext4", "-q", "-m", "0"], "xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"]}
+
+
+@contextlib.asynccontextmanager
+async def filesystem_node(prefix: str, kind: str, size_bytes: int, extra: list[str] | None = None, *,
+                          start: bool = True) -> AsyncIterator[FilesystemNode]:
+    """A ``kind`` filesystem of ``size_bytes`` (a sparse file on a loop device) holding the driver's images;
+    the driver started when ``start``; everything torn down afterwards, whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix=f"rel-{prefix}-"))
+    backing = root / "fs.img"
+    node = FilesystemNode(root, DriverInstance(root, [], Stats()))
+    node.driver.argv_tail = loopfile_args(node.data_dir, node.kubelet_dir, extra)
+    await anyio.Path(node.mount_point).mkdir()
+    await anyio.Path(node.kubelet_dir).mkdir()
+    await anyio.to_thread.run_sync(host.make_sparse_file, backing, size_bytes)
+    await host.arun([*MKFS[kind], str(backing)])
+    device = await anyio.to_thread.run_sync(host.attach_loop, backing)
+    try:
+        await host.arun(["mount", str(device), str(node.mount_point)])
+        if start:
+            await node.driver.start()
+        yield node
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await node.driver.kill9()
+            node.driver._close_log()
+            await anyio.to_thread.run_sync(force_clean, node.kubelet_dir)
+            for info in host.loops_backed_under(node.mount_point):
+                await host.arun(["losetup", "-d", info.device], check=False)
+            await host.arun(["umount", "-l", str(node.mount_point)], check=False)
+            await host.arun(["losetup", "-d", device], check=False)
+            await anyio.to_thread.run_sync(force_clean, root)
 
 
 def mount_set() -> Counter[str]:

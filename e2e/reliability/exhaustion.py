@@ -24,7 +24,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,11 +32,9 @@ import anyio
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from e2e.reliability.common import DRIVER_NAME, MIB, NODE_ID, PhaseResult, force_clean
+from e2e.reliability.common import MIB, PhaseResult, filesystem_node
 from e2e.reliability.crash import check_records
-from e2e.sim import host
 from e2e.sim.driver import DriverInstance
-from e2e.sim.stats import Stats
 
 FS_BYTES = 96 * MIB
 Mode = csi.VolumeCapabilityAccessModeMode
@@ -51,32 +48,8 @@ def _cap() -> csi.VolumeCapability:
 
 @contextlib.asynccontextmanager
 async def small_filesystem() -> AsyncIterator[tuple[Path, DriverInstance]]:
-    root = Path(tempfile.mkdtemp(prefix="rel-exhaust-"))
-    backing, mnt = root / "fs.img", root / "fs"
-    await anyio.Path(mnt).mkdir()
-    await anyio.Path(root / "kubelet").mkdir()
-    await anyio.to_thread.run_sync(host.make_sparse_file, backing, FS_BYTES)
-    await host.arun(["mkfs.ext4", "-q", "-m", "0", str(backing)])
-    device = await anyio.to_thread.run_sync(host.attach_loop, backing)
-    driver = DriverInstance(root, [
-        "--node-id", NODE_ID, "--driver-name", DRIVER_NAME, "--backend", "loopfile",
-        "--loopfile-dir", str(mnt / "volumes"), "--kubelet-dir", str(root / "kubelet"),
-        "--loopfile-overcommit", "20"], Stats())
-    try:
-        await host.arun(["mount", str(device), str(mnt)])
-        await driver.start()
-        yield root, driver
-    finally:
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await driver.kill9()
-            driver._close_log()
-            await anyio.to_thread.run_sync(force_clean, root / "kubelet")
-            for info in host.loops_backed_under(mnt):
-                await host.arun(["losetup", "-d", info.device], check=False)
-            await host.arun(["umount", "-l", str(mnt)], check=False)
-            await host.arun(["losetup", "-d", device], check=False)
-            await anyio.to_thread.run_sync(force_clean, root)
+    async with filesystem_node("exhaust", "ext4", FS_BYTES, ["--loopfile-overcommit", "20"]) as node:
+        yield node.root, node.driver
 
 
 async def create(driver: DriverInstance, name: str, size: int, parameters: dict[str, str] | None = None
@@ -240,7 +213,7 @@ async def run() -> PhaseResult:
         log = driver.log_tail(10_000_000)
         result.figures.update({
             "refused_by_space_check": log.count("not enough space:"),
-            "refused_by_fallocate_enospc_and_rolled_back": log.count("has no room for"),
+            "refused_by_fallocate_enospc_and_rolled_back": log.count("no room for"),
             "filesystem_bytes": FS_BYTES, "racing_create_size_bytes": each, "codes": dict(codes),
             "thin_bytes_written_before_full": filled_bytes, "writer_error": filled_error,
             "keeper_files_verified": len(expected),
