@@ -488,7 +488,12 @@ class LoopfileBackend:
         if record is None or record.held_data or await self.reads_as_zeros(volume_id):
             return
         marked = replace(record, held_data=True)
-        await anyio.to_thread.run_sync(write_record, self._meta(volume_id), marked.to_json())
+        try:
+            await anyio.to_thread.run_sync(write_record, self._meta(volume_id), marked.to_json())
+        except errors.CapacityExhausted as exc:
+            # Attach and detach must work on a full filesystem. The next record write keeps the mark; until
+            # then it lives here, and a later attach of the detached image sees its data again anyway.
+            logger.warning("volume {} holds data; cannot note it in its record yet: {}", volume_id, exc)
         if self._records.get(volume_id) is record:
             self._records[volume_id] = marked
 

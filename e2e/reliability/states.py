@@ -161,6 +161,15 @@ def write_device(path: Path, size: int, seed: int, chunk: int = MIB) -> str:
     return ""
 
 
+async def raw_block_volume(node: FilesystemNode, name: str, size: int, written: int) -> Volume:
+    """A block volume that had ``written`` bytes of raw data written through it, unstaged again."""
+    vol = Volume(node, name, block_cap(), size)
+    await vol.up()
+    write_device(vol.target, written, 1)
+    await vol.unstage()
+    return vol
+
+
 async def code_of(call: Awaitable[object]) -> tuple[str, str]:
     try:
         await call
@@ -333,10 +342,7 @@ async def node_on(kind: str, size: int, extra: list[str] | None = None) -> Async
 
 async def snapshots_after_thin(findings: list[str]) -> None:
     async with node_on("ext4", 320 * MIB) as node:
-        source = Volume(node, "pvc-source", block_cap(), 64 * MIB)
-        await source.up()
-        write_device(source.target, 48 * MIB, 1)
-        await source.unstage()
+        source = await raw_block_volume(node, "pvc-source", 64 * MIB, 48 * MIB)
         thin = Volume(node, "pvc-thin", block_cap(), await capacity(node.driver, THIN))
         await thin.up(THIN)
         for index in range(3):
@@ -375,10 +381,7 @@ async def overwrite_after_snapshot(findings: list[str]) -> None:
 
 async def raw_data_then_ext4(findings: list[str]) -> None:
     async with node_on("ext4", 256 * MIB) as node:
-        vol = Volume(node, "pvc-raw", block_cap(), 32 * MIB)
-        await vol.up()
-        write_device(vol.target, 8 * MIB, 1)
-        await vol.unstage()
+        vol = await raw_block_volume(node, "pvc-raw", 32 * MIB, 8 * MIB)
         before = hashlib.sha256(await anyio.Path(vol.image).read_bytes()).hexdigest()
         code, _ = await code_of(vol.stage(mount_cap("ext4")))
         after = hashlib.sha256(await anyio.Path(vol.image).read_bytes()).hexdigest()
@@ -389,10 +392,7 @@ async def raw_data_then_ext4(findings: list[str]) -> None:
 
 async def delete_snapshot_when_full(findings: list[str]) -> None:
     async with node_on("ext4", 128 * MIB) as node:
-        vol = Volume(node, "pvc-data", block_cap(), 32 * MIB)
-        await vol.up()
-        write_device(vol.target, 16 * MIB, 1)
-        await vol.unstage()
+        vol = await raw_block_volume(node, "pvc-data", 32 * MIB, 16 * MIB)
         code, snap = await snapshot(node.driver, "snap-full", vol.volume_id)
         if snap is None:
             findings.append(f"the snapshot to delete answered {code}")

@@ -84,3 +84,19 @@ async def test_copies_hold_their_sources_data(backend: LoopfileBackend) -> None:
                                                       source=ContentSource(SourceKind.SNAPSHOT, snap.snapshot_id)))
     assert await backend.may_hold_data(restored.volume_id)
     assert not await backend.may_hold_data(source.volume_id)
+
+
+async def test_attach_and_detach_work_on_a_full_filesystem(backend: LoopfileBackend,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends import errors
+
+    volume = await backend.create_volume(VolumeSpec("pvc-full", 32 * MIB, 0, {}, AccessType.BLOCK))
+    device = await backend.attach(volume.volume_id, readonly=False)
+    write(device, os.urandom(MIB))
+
+    def no_room(path: str, record: object) -> None:
+        raise errors.CapacityExhausted("no room to write metadata")
+
+    monkeypatch.setattr("backends.loopfile.backend.write_record", no_room)
+    await backend.detach(volume.volume_id)  # NodeUnstage on a full filesystem must not fail
+    assert await backend.may_hold_data(volume.volume_id)

@@ -15,7 +15,6 @@ test's own, the volumes written through their loop devices as a pod would.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import subprocess
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import pytest
 from grpclib.const import Status
 
 from csi.gen.csi import v1 as csi
+from e2e.reliability import states
 from tests.csi.test_driver_loopfile import Lifecycle, expect
 from tests.csi.test_snapshots_loopfile import from_volume, restore
 from tests.filesystems import driver_on_filesystem
@@ -44,18 +44,9 @@ def small_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver
 
 def write_device(path: Path, size: int, seed: int, *, chunk: int = MIB) -> None:
     """Write ``size`` bytes of fresh data through the device at ``path`` with direct I/O, as a pod's database
-    would; an I/O error (ENOSPC in the image directory) raises."""
-    buffer = mmap.mmap(-1, chunk)
-    buffer.write(os.urandom(chunk))
-    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
-    try:
-        for offset in range(0, size, chunk):
-            buffer[:8] = (seed + offset).to_bytes(8, "little")
-            os.pwritev(fd, [buffer], offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        buffer.close()
+    would; an I/O error (ENOSPC in the image directory) fails the test."""
+    error = states.write_device(path, size, seed, chunk)
+    assert not error, f"writing {path} failed: {error}"
 
 
 async def capacity(c: Client, parameters: dict[str, str] | None = None) -> int:
