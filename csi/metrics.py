@@ -27,6 +27,7 @@ from grpclib.const import Status
 from loguru import logger
 
 from backends.base import Backend
+from backends.pools import Pools
 from backends.system import loop
 
 if TYPE_CHECKING:  # prometheus_client (3 MiB resident) is imported only by a driver that serves metrics
@@ -74,7 +75,8 @@ async def take_snapshot(backend: Backend | None) -> BackendSnapshot:
         with anyio.fail_after(SNAPSHOT_TIMEOUT_SECONDS):
             volumes = await backend.list_volumes()
             capacity = await backend.get_capacity({})
-            loops = len(await loop.list_attached()) if backend.name == "loopfile" else 0
+            kinds = {p.spec.options.kind for p in backend.pools()} if isinstance(backend, Pools) else {backend.name}
+            loops = len(await loop.list_attached()) if "loopfile" in kinds else 0
     except Exception as exc:  # a scrape must still answer; the failure shows as backend_up 0
         logger.warning("metrics: backend snapshot failed: {}", exc)
         return BackendSnapshot(up=False)
