@@ -16,6 +16,9 @@ from csi.context import PUBLISH_NODE_KEY, ServiceContext, Servicer
 from csi.gen.csi import v1 as csi
 from csi.rpc import rpc
 
+#: Volume-context key naming the volume's CSI name.
+NAME_CONTEXT = "localcsi.dev/name"
+
 
 def volume_message(vol: base.Volume, topology: dict[str, str]) -> csi.Volume:
     source = None
@@ -25,10 +28,13 @@ def volume_message(vol: base.Volume, topology: dict[str, str]) -> csi.Volume:
                 snapshot=csi.VolumeContentSourceSnapshotSource(snapshot_id=vol.source.source_id))
         else:
             source = csi.VolumeContentSource(volume=csi.VolumeContentSourceVolumeSource(volume_id=vol.source.source_id))
+    context = dict(vol.context)
+    if vol.name:  # for people: ctl list and kubectl get pv -o yaml show which claim a volume is
+        context.setdefault(NAME_CONTEXT, vol.name)
     return csi.Volume(
         capacity_bytes=vol.capacity_bytes,
         volume_id=vol.volume_id,
-        volume_context=dict(vol.context),
+        volume_context=context,
         content_source=source,
         accessible_topology=[csi.Topology(segments=dict(topology))],
     )
