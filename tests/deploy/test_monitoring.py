@@ -1,9 +1,9 @@
 """deploy/monitoring: the Grafana dashboard queries only metrics and labels the driver exports, and the
 PodMonitor scrapes the port the node driver serves them on.
 
-The driver's metric names come from the driver itself: its metrics registry (csi/metrics.py) is built in this
-process, every family is made to produce samples, and the exposition text is parsed back, so a renamed or
-dropped metric fails here rather than on a blank panel.
+The driver's metric names come from the driver itself (the ``driver_metrics`` fixture, conftest.py: its
+registry built in this process and its exposition parsed back), so a renamed or dropped metric fails here rather
+than on a blank panel.
 """
 
 from __future__ import annotations
@@ -11,16 +11,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import anyio
-import pytest
-from grpclib.const import Status
-from prometheus_client.parser import text_string_to_metric_families
-
-from backends.base import Backend, Capacity, Volume
-from csi.metrics import DriverMetrics
 from tests.deploy.support import ROOT, check_manifests
 
 cm = check_manifests()
@@ -31,32 +23,6 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "endpoint",
 METRIC = re.compile(r"\blocalcsi_[a-zA-Z0-9_]+\b")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
-
-
-@dataclass
-class IdleBackend:
-    """Just what a scrape asks a backend: no volumes, some room."""
-
-    name = "idle"
-
-    async def list_volumes(self) -> list[Volume]:
-        return []
-
-    async def get_capacity(self, parameters: Mapping[str, str]) -> Capacity:
-        return Capacity(available_bytes=1 << 30, maximum_volume_bytes=1 << 29)
-
-
-@pytest.fixture(scope="module")
-def driver_metrics() -> dict[str, set[str]]:
-    """Every sample name the driver exports (``localcsi_rpc_total``, ``..._bucket``, ...) with its label names."""
-    metrics = DriverMetrics(cast(Backend, IdleBackend()), driver="localcsi.dev", backend_name="idle", version="0")
-    metrics.rpc_finished("CreateVolume", Status.OK, 0.01)  # labelled families have no samples until used
-    text = anyio.run(metrics.render).decode()
-    samples: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, set()).update(sample.labels)
-    return samples
 
 
 def dashboard() -> dict[str, Any]:
