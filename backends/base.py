@@ -11,45 +11,18 @@ raises a :mod:`backends.errors` exception otherwise.
 from __future__ import annotations
 
 import enum
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Protocol
 
 from backends.errors import InvalidArgument, SnapshotNotFound, VolumeConflict
+from backends.ids import is_snapshot_id, is_volume_id, snapshot_id_for, volume_id_for
+
+__all__ = ["TOPOLOGY_KEY", "is_snapshot_id", "is_volume_id", "snapshot_id_for", "volume_id_for"]
 
 #: Topology key every volume carries: ``topology.localcsi.dev/node=<node id>``.
 TOPOLOGY_KEY = "topology.localcsi.dev/node"
-
-_VOLUME_ID = re.compile(r"^lcv-[0-9a-f]{32}$")
-_SNAPSHOT_ID = re.compile(r"^lcs-[0-9a-f]{32}$")
-
-
-def _digest(kind: str, name: str) -> str:
-    return hashlib.blake2b(f"{kind}\0{name}".encode(), digest_size=16).hexdigest()
-
-
-def volume_id_for(name: str) -> str:
-    """The volume id for a CSI volume name: deterministic and a safe file name.
-
-    The raw name never becomes a path or an LV name; retries of CreateVolume
-    find their earlier work because the id is a pure function of the name.
-    """
-    return "lcv-" + _digest("volume", name)
-
-
-def snapshot_id_for(name: str) -> str:
-    return "lcs-" + _digest("snapshot", name)
-
-
-def is_volume_id(value: str) -> bool:
-    return bool(_VOLUME_ID.match(value))
-
-
-def is_snapshot_id(value: str) -> bool:
-    return bool(_SNAPSHOT_ID.match(value))
 
 
 def published(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from backends.options import Options
+from backends.pools import PoolSpec, default_pool
 
 
 class Mode(enum.Enum):
@@ -78,8 +79,10 @@ class DriverConfig:
     driver_name: str
     node_id: str
     endpoint: str
-    #: The storage this driver serves: one backend's typed settings.
-    backend: Options
+    #: The storage this driver serves: one pool from flags, or the pools of a pools file.
+    pools: tuple[PoolSpec, ...]
+    #: Whether ids carry their pool (a pools file); a driver configured by flags hands out plain ids.
+    pooled_ids: bool = False
     mode: Mode = Mode.ALL
     #: Prefix of every system command (e.g. ``nsenter -t 1 -m --``), for a driver running in a container.
     command_prefix: tuple[str, ...] = ()
@@ -92,5 +95,18 @@ class DriverConfig:
     version: str = "0.1.0"
 
     @property
+    def backend(self) -> Options:
+        """The default pool's settings."""
+        return default_pool(self.pools).options
+
+    @property
     def backend_name(self) -> str:
-        return self.backend.kind
+        """The backend of a one-pool driver; ``pools`` when there are several."""
+        return self.pools[0].options.kind if len(self.pools) == 1 else "pools"
+
+    @property
+    def pool_summary(self) -> str:
+        """``name=backend`` for each pool, the default first."""
+        first = default_pool(self.pools).name
+        ordered = sorted(self.pools, key=lambda p: (p.name != first, p.name))
+        return ",".join(f"{p.name}={p.options.kind}" for p in ordered)

@@ -8,12 +8,16 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from backends import base, errors
+from backends.ids import is_driver_snapshot_id, is_driver_volume_id
 from csi import validation as v
 from csi.capabilities import controller_rpcs
 from csi.config import Mode
 from csi.context import PUBLISH_NODE_KEY, ServiceContext, Servicer
 from csi.gen.csi import v1 as csi
 from csi.rpc import rpc
+
+#: Volume-context key naming the volume's CSI name.
+NAME_CONTEXT = "localcsi.dev/name"
 
 
 def volume_message(vol: base.Volume, topology: dict[str, str]) -> csi.Volume:
@@ -24,10 +28,13 @@ def volume_message(vol: base.Volume, topology: dict[str, str]) -> csi.Volume:
                 snapshot=csi.VolumeContentSourceSnapshotSource(snapshot_id=vol.source.source_id))
         else:
             source = csi.VolumeContentSource(volume=csi.VolumeContentSourceVolumeSource(volume_id=vol.source.source_id))
+    context = dict(vol.context)
+    if vol.name:  # for people: ctl list and kubectl get pv -o yaml show which claim a volume is
+        context.setdefault(NAME_CONTEXT, vol.name)
     return csi.Volume(
         capacity_bytes=vol.capacity_bytes,
         volume_id=vol.volume_id,
-        volume_context=dict(vol.context),
+        volume_context=context,
         content_source=source,
         accessible_topology=[csi.Topology(segments=dict(topology))],
     )
@@ -51,7 +58,7 @@ def page(ids: list[str], starting_token: str, max_entries: int) -> tuple[int, in
     """Slice bounds for one page of sorted ids, and the next token (the last id served)."""
     start = 0
     if starting_token:
-        if not (base.is_volume_id(starting_token) or base.is_snapshot_id(starting_token)):
+        if not (is_driver_volume_id(starting_token) or is_driver_snapshot_id(starting_token)):
             # The spec's code for a token we never handed out is ABORTED.
             raise errors.Busy(f"starting_token {starting_token[:64]!r} was not issued by this driver")
         start = bisect.bisect_right(ids, starting_token)
@@ -85,7 +92,7 @@ class ControllerService(Servicer, csi.ControllerBase):
     @rpc("DeleteVolume", mutating=True)
     async def delete_volume(self, message: csi.DeleteVolumeRequest) -> csi.DeleteVolumeResponse:
         v.required(message.volume_id, "volume_id")
-        if base.is_volume_id(message.volume_id):  # an id that was never ours is already "deleted"
+        if is_driver_volume_id(message.volume_id):  # an id that was never ours is already "deleted"
             with self.ctx.locks.hold(message.volume_id):
                 await self.ctx.backend.delete_volume(message.volume_id)
         return csi.DeleteVolumeResponse()
@@ -111,7 +118,7 @@ class ControllerService(Servicer, csi.ControllerBase):
         self, message: csi.ControllerUnpublishVolumeRequest
     ) -> csi.ControllerUnpublishVolumeResponse:
         v.required(message.volume_id, "volume_id")
-        if self.ctx.config.mode is not Mode.CONTROLLER and base.is_volume_id(message.volume_id):
+        if self.ctx.config.mode is not Mode.CONTROLLER and is_driver_volume_id(message.volume_id):
             with self.ctx.locks.hold(message.volume_id):
                 await self.ctx.backend.unpublish_volume(message.volume_id, message.node_id)
         return csi.ControllerUnpublishVolumeResponse()
@@ -225,7 +232,7 @@ class ControllerService(Servicer, csi.ControllerBase):
     async def delete_snapshot(self, message: csi.DeleteSnapshotRequest) -> csi.DeleteSnapshotResponse:
         self._require(csi.ControllerServiceCapabilityRpcType.CREATE_DELETE_SNAPSHOT)
         v.required(message.snapshot_id, "snapshot_id")
-        if base.is_snapshot_id(message.snapshot_id):
+        if is_driver_snapshot_id(message.snapshot_id):
             with self.ctx.locks.hold(message.snapshot_id):
                 await self.ctx.backend.delete_snapshot(message.snapshot_id)
         return csi.DeleteSnapshotResponse()

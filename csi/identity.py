@@ -27,7 +27,7 @@ class IdentityService(Servicer, csi.IdentityBase):
         return csi.GetPluginInfoResponse(
             name=cfg.driver_name,
             vendor_version=cfg.version,
-            manifest={"backend": cfg.backend_name, "mode": cfg.mode.value},
+            manifest={"backend": cfg.backend_name, "pools": cfg.pool_summary, "mode": cfg.mode.value},
         )
 
     @rpc("GetPluginCapabilities", log_level="DEBUG")

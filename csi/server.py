@@ -28,6 +28,7 @@ from loguru import logger
 
 from backends import errors
 from backends.base import Backend
+from backends.pools import merged_features
 from backends.system.runner import Runner
 from csi import memory, wire
 from csi.config import DriverConfig, Endpoint
@@ -95,7 +96,7 @@ class DriverServer:
         self.config = config
         self.backend = backend
         # A controller-mode instance has no backend: it advertises what the same settings give the nodes.
-        feats = backend.features if backend is not None else config.backend.features()
+        feats = backend.features if backend is not None else merged_features(config.pools)
         self.metrics: DriverMetrics | None = None
         if config.metrics_address and observer is None:
             self.metrics = observer = DriverMetrics(backend, driver=config.driver_name,

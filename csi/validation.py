@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import betterproto2
 
 from backends import errors, paths
-from backends.base import TOPOLOGY_KEY, AccessType, ContentSource, Features, SourceKind, is_snapshot_id, is_volume_id
+from backends.base import TOPOLOGY_KEY, AccessType, ContentSource, Features, SourceKind
+from backends.ids import is_driver_snapshot_id, is_driver_volume_id
 from csi.gen.csi import v1 as csi
 
 #: The CSI spec's limit for strings a CO sends; longer names are refused, not truncated.
@@ -53,14 +54,14 @@ def volume_name(name: str) -> str:
 def volume_id(value: str, what: str = "volume_id") -> str:
     """A volume id from a request: empty is INVALID_ARGUMENT; not one of ours is NOT_FOUND."""
     required(value, what)
-    if not is_volume_id(value):
+    if not is_driver_volume_id(value):
         raise errors.VolumeNotFound(value[:200])
     return value
 
 
 def snapshot_id(value: str, what: str = "snapshot_id") -> str:
     required(value, what)
-    if not is_snapshot_id(value):
+    if not is_driver_snapshot_id(value):
         raise errors.SnapshotNotFound(value[:200])
     return value
 

@@ -23,6 +23,7 @@ from backends.errors import BackendError
 from backends.rawdisk.inventory import Disk, State, scan
 from backends.system import disks as sysdisks
 from backends.system.runner import ProcessRunner, Runner
+from csi.cli.units import human
 
 
 def add_parser(sub: Any) -> None:
@@ -35,15 +36,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--storage-class", default="", help="storageClassName of the PVs (with --pv-manifests)")
     p.add_argument("--driver-name", default="localcsi.dev")
     p.add_argument("--command-prefix", default="", help='prefix for every system command, e.g. "nsenter -t 1 -m --"')
-
-
-def human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{size}B"  # pragma: no cover
 
 
 def table(found: list[Disk]) -> str:

@@ -19,6 +19,8 @@ from loguru import logger
 import backends
 from backends import errors, faults
 from backends.options import OptionError
+from backends.pools import DEFAULT_POOL, PoolSpec
+from csi.cli import poolfile
 from csi.config import DriverConfig, Endpoint, Mode
 
 
@@ -31,8 +33,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--endpoint", default=_env("CSI_ENDPOINT"), help="unix:///path or tcp://host:port [$CSI_ENDPOINT]")
     p.add_argument("--node-id", default=_env("NODE_ID"), help="this node's name [$NODE_ID; default: hostname]")
     p.add_argument("--driver-name", default="localcsi.dev", help="the CSI driver name (default: %(default)s)")
-    p.add_argument("--backend", default="loopfile",
-                   help=f"storage backend: {', '.join(backends.available())} (default: %(default)s)")
+    p.add_argument("--backend", default=None,
+                   help=f"storage backend of the one pool the flags declare: {', '.join(backends.available())} "
+                        "(default: loopfile)")
+    p.add_argument("--config", default=_env("LOCALCSI_CONFIG"), metavar="FILE",
+                   help="pools file (YAML or TOML) declaring several storage pools; replaces --backend and the "
+                        "backend flags [$LOCALCSI_CONFIG]")
     p.add_argument("--mode", choices=[m.value for m in Mode], default="all",
                    help="all: every service (node deployment); controller: no storage, for the cluster-wide "
                         "attacher and resizer; node: identity and node only (default: %(default)s)")
@@ -61,15 +67,22 @@ def config_from(args: argparse.Namespace, version: str) -> DriverConfig:
         parse_address(args.metrics_address)
     if args.max_volumes_per_node < 0:
         raise ValueError("--max-volumes-per-node must not be negative")
-    try:
-        options = backends.options_class(args.backend).from_arguments(args)
-    except errors.InvalidArgument as exc:
-        raise ValueError(str(exc)) from exc
+    if args.config:
+        if args.backend is not None:
+            raise ValueError("--backend and --config exclude each other: a pools file names each pool's backend")
+        pools = poolfile.load(args.config)
+    else:
+        try:
+            options = backends.options_class(args.backend or "loopfile").from_arguments(args)
+        except errors.InvalidArgument as exc:
+            raise ValueError(str(exc)) from exc
+        pools = (PoolSpec(DEFAULT_POOL, options, default=True),)
     return DriverConfig(
         driver_name=args.driver_name,
         node_id=args.node_id or socket.gethostname(),
         endpoint=args.endpoint,
-        backend=options,
+        pools=pools,
+        pooled_ids=bool(args.config),
         mode=Mode(args.mode),
         command_prefix=tuple(shlex.split(args.command_prefix)),
         kubelet_dirs=tuple(os.path.abspath(p) for p in args.kubelet_dir),
@@ -90,6 +103,7 @@ def run(args: argparse.Namespace, version: str) -> int:
         return fail("node and all modes need root (mounts, loop devices); run as root or use --mode controller")
     import anyio
 
+    from backends.pools import Pools
     from backends.system.runner import ProcessRunner
     from csi import memory
     from csi.server import DriverServer
@@ -97,7 +111,8 @@ def run(args: argparse.Namespace, version: str) -> int:
     memory.limit_arenas()
     runner = ProcessRunner(prefix=config.command_prefix)
     try:
-        backend = config.backend.open(config.node_id, runner) if config.mode.has_storage else None
+        backend = Pools(config.node_id, config.pools, runner, qualify_ids=config.pooled_ids) \
+            if config.mode.has_storage else None
         server = DriverServer(config, backend, runner)
         anyio.run(server.run)
     except BaseException as exc:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import anyio
 
-from backends.faults import ENV_VAR
 from csi.gen.csi import v1 as csi
 from e2e.reliability.common import MIB, PhaseResult
 from e2e.sim import workload
@@ -37,6 +36,9 @@ from e2e.sim.objects import Claim, Pod
 from e2e.sim.profiles import LoopfileProfile
 from e2e.sim.roles import Unschedulable
 from e2e.sim.stats import Stats
+
+#: The driver arms its fault points from this variable (`localcsi serve` documents it; backends/faults.py).
+FAULT_ENV_VAR = "LOCALCSI_FAULT"
 
 FAULTS_BY_OP: dict[str, tuple[str, ...]] = {
     "provision": ("create.after_meta", "create.after_image", "create.after_ready", "stage.after_attach",
@@ -205,11 +207,11 @@ class Campaign:
 
     async def arm(self, node: SimNode, point: str) -> None:
         await node.driver.kill9()
-        os.environ[ENV_VAR] = f"{point}:kill"
+        os.environ[FAULT_ENV_VAR] = f"{point}:kill"
         try:
             await node.driver.start()
         finally:
-            os.environ.pop(ENV_VAR, None)
+            os.environ.pop(FAULT_ENV_VAR, None)
 
     async def supervised(self, node: SimNode, run: Callable[[], Awaitable[object]], random_kill: bool) -> None:
         """Run the operation while restarting the node's driver whenever it dies; maybe kill it once."""

@@ -34,7 +34,7 @@ from grpclib.exceptions import GRPCError
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from backends.base import snapshot_id_for, volume_id_for
+from backends.ids import snapshot_id_for, volume_id_for
 from csi.gen.csi import v1 as csi
 from e2e.reliability.common import (
     DOCUMENTED,

@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol
 
 import anyio
 
-from backends.base import is_snapshot_id, is_volume_id
+from backends.ids import is_snapshot_id, is_volume_id
 from e2e.sim import host
 from e2e.sim.nodes import SimNode
 

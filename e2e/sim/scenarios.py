@@ -16,7 +16,7 @@ from pathlib import Path
 
 import anyio
 
-from backends.base import volume_id_for
+from backends.ids import volume_id_for
 from csi.gen.csi import v1 as csi
 from e2e.sim import host, workload
 from e2e.sim.cluster import Cluster

@@ -57,7 +57,7 @@ def test_serve_refuses_a_socket_another_driver_serves(driver: DriverProcess) -> 
 
 @pytest.mark.root
 def test_ctl_round_trip(driver: DriverProcess) -> None:
-    ep = ["ctl", "--endpoint", driver.endpoint]
+    ep = ["ctl", "--endpoint", driver.endpoint, "-o", "json"]
     info = json.loads(run(*ep, "info").stdout)
     assert info["plugin"]["name"] == "localcsi.dev"
     assert info["node_info"]["node_id"] == driver.node_id

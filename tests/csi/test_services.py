@@ -21,6 +21,7 @@ from grpclib.testing import ChannelFor
 from backends import errors
 from backends.base import Backend, Capacity, Condition, Features, Volume, VolumeSpec
 from backends.loopfile.options import LoopfileOptions
+from backends.pools import PoolSpec
 from backends.system.testing import FakeRunner
 from csi.config import DriverConfig, Mode
 from csi.context import ServiceContext
@@ -130,7 +131,7 @@ class ScriptedBackend:
 @asynccontextmanager
 async def serve(backend: ScriptedBackend, mode: Mode = Mode.ALL) -> AsyncIterator[Channel]:
     storage: Backend | None = backend if mode is not Mode.CONTROLLER else None
-    config = DriverConfig("localcsi.dev", "n1", "unix:///unused", LoopfileOptions(), mode=mode)
+    config = DriverConfig("localcsi.dev", "n1", "unix:///unused", (PoolSpec("default", LoopfileOptions()),), mode=mode)
     ctx = ServiceContext(config, backend.features, storage)
     services: list[Any] = [IdentityService(ctx), ControllerService(ctx),
                            NodeService(ctx, FakeRunner(lambda argv: (0, "", "")))]

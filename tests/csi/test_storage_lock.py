@@ -14,8 +14,10 @@ import fcntl
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -174,3 +176,33 @@ async def test_a_second_driver_on_the_same_disks_exits(disks: FakeDisks, tmp_pat
         again.start()
     finally:
         again.kill9()
+
+
+@dataclass
+class PoolsDriver(DriverProcess):
+    """A driver configured by a pools file instead of the backend flags."""
+
+    config: Path = Path()
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "csi.cli", "serve", "--endpoint", self.endpoint, "--node-id", self.node_id,
+                "--log-level", "DEBUG", "--log-format", "json", "--config", str(self.config)]
+
+
+async def test_a_driver_whose_pool_another_driver_holds_exits(tmp_path: Path) -> None:
+    """With a pools file: one pool's storage held by another instance ends start-up, even though the other
+    pool is free (two drivers on one node must not run side by side)."""
+    held, free = tmp_path / "held", tmp_path / "free"
+    config = tmp_path / "pools.toml"
+    config.write_text(f'default = "bulk"\n[pools.bulk]\nbackend = "loopfile"\ndirectory = "{free}"\n'
+                      f'[pools.shared]\nbackend = "loopfile"\ndirectory = "{held}"\n')
+    first = DriverProcess(tmp_path / "first", extra_args=("--loopfile-dir", str(held)))
+    second = PoolsDriver(tmp_path / "second", config=config)
+    try:
+        first.start()
+        assert first.proc is not None
+        refused(second, first, why=f"is in use by PID {first.proc.pid}")
+        assert not (free / "snapshots").exists()  # the free pool was not started either
+    finally:
+        first.kill9()
+        second.kill9()

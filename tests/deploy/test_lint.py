@@ -20,7 +20,7 @@ def test_shell_scripts_and_containerfile_pass_the_linters() -> None:
 
 def test_the_shell_script_list_covers_the_lane_scripts() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in cm.shell_scripts()}
-    assert {"hack/image-test", "hack/kind-e2e", "hack/build-base-image"} <= names
+    assert {"hack/image-test", "hack/kind-e2e", "hack/build-base-image", "hack/render-release"} <= names
     assert "hack/check-manifests" not in names  # python, checked by ruff and mypy
 
 
