@@ -74,6 +74,7 @@ class ControllerService(Servicer, csi.ControllerBase):
         required, limit = v.capacity_range(message.capacity_range)
         v.string_map(message.parameters, "parameters")
         source = v.content_source(message.volume_content_source)
+        v.known_source(source)
         if not v.topology_allows(message.accessibility_requirements, self.ctx.config.node_id):
             raise errors.CapacityExhausted(f"this node ({self.ctx.config.node_id}) is not in the requisite topology")
         spec = base.VolumeSpec(name, required, limit, dict(message.parameters), access.access_type, access.fs_type,
@@ -96,9 +97,8 @@ class ControllerService(Servicer, csi.ControllerBase):
     ) -> csi.ControllerPublishVolumeResponse:
         volume_id = v.volume_id(message.volume_id)
         node_id = v.required(message.node_id, "node_id")
-        if message.volume_capability is None:
-            raise errors.InvalidArgument("volume_capability is required")
-        v.capability(message.volume_capability, self.ctx.features)
+        v.capability(v.present(message.volume_capability, "volume_capability"), self.ctx.features)
+        v.known_volume(volume_id)
         context = {PUBLISH_NODE_KEY: node_id}
         if self.ctx.config.mode is Mode.CONTROLLER:
             return csi.ControllerPublishVolumeResponse(publish_context=context)
@@ -121,13 +121,10 @@ class ControllerService(Servicer, csi.ControllerBase):
         self, message: csi.ValidateVolumeCapabilitiesRequest
     ) -> csi.ValidateVolumeCapabilitiesResponse:
         volume_id = v.volume_id(message.volume_id)
-        if not message.volume_capabilities:
-            raise errors.InvalidArgument("volume_capabilities is required")
-        await self.ctx.backend.get_volume(volume_id)
-        try:
-            v.capabilities(message.volume_capabilities, self.ctx.features)
-        except v.UnsupportedCapability as exc:
-            return csi.ValidateVolumeCapabilitiesResponse(message=str(exc))
+        problem = v.capabilities_problem(message.volume_capabilities, self.ctx.features)
+        await self.ctx.backend.get_volume(v.known_volume(volume_id))
+        if problem:
+            return csi.ValidateVolumeCapabilitiesResponse(message=problem)
         return csi.ValidateVolumeCapabilitiesResponse(
             confirmed=csi.ValidateVolumeCapabilitiesResponseConfirmed(
                 volume_context=dict(message.volume_context),
@@ -187,11 +184,10 @@ class ControllerService(Servicer, csi.ControllerBase):
     ) -> csi.ControllerExpandVolumeResponse:
         self._require(csi.ControllerServiceCapabilityRpcType.EXPAND_VOLUME)
         volume_id = v.volume_id(message.volume_id)
-        if message.capacity_range is None:
-            raise errors.InvalidArgument("capacity_range is required")
-        required, limit = v.capacity_range(message.capacity_range)
+        required, limit = v.capacity_range(v.present(message.capacity_range, "capacity_range"))
         if message.volume_capability is not None:
             v.capability(message.volume_capability, self.ctx.features)
+        v.known_volume(volume_id)
         if self.ctx.config.mode is Mode.CONTROLLER:
             # The storage lives on the node: NodeExpandVolume grows it there.
             return csi.ControllerExpandVolumeResponse(capacity_bytes=required, node_expansion_required=True)
@@ -201,7 +197,7 @@ class ControllerService(Servicer, csi.ControllerBase):
 
     @rpc("ControllerGetVolume", log_level="DEBUG")
     async def controller_get_volume(self, message: csi.ControllerGetVolumeRequest) -> csi.ControllerGetVolumeResponse:
-        volume = await self.ctx.backend.get_volume(v.volume_id(message.volume_id))
+        volume = await self.ctx.backend.get_volume(v.known_volume(v.volume_id(message.volume_id)))
         return csi.ControllerGetVolumeResponse(
             volume=volume_message(volume, self.ctx.topology),
             status=csi.ControllerGetVolumeResponseVolumeStatus(
@@ -217,6 +213,7 @@ class ControllerService(Servicer, csi.ControllerBase):
         name = v.volume_name(message.name)
         source = v.volume_id(message.source_volume_id, "source_volume_id")
         v.string_map(message.parameters, "parameters")
+        v.known_volume(source)
         with self.ctx.locks.hold(base.snapshot_id_for(name), source):
             snap = await self.ctx.backend.create_snapshot(source, name, dict(message.parameters))
         return csi.CreateSnapshotResponse(snapshot=snapshot_message(snap))
@@ -248,5 +245,5 @@ class ControllerService(Servicer, csi.ControllerBase):
     @rpc("GetSnapshot", log_level="DEBUG")
     async def get_snapshot(self, message: csi.GetSnapshotRequest) -> csi.GetSnapshotResponse:
         self._require(csi.ControllerServiceCapabilityRpcType.GET_SNAPSHOT)
-        snap = await self.ctx.backend.get_snapshot(v.snapshot_id(message.snapshot_id))
+        snap = await self.ctx.backend.get_snapshot(v.known_snapshot(v.snapshot_id(message.snapshot_id)))
         return csi.GetSnapshotResponse(snapshot=snapshot_message(snap))
