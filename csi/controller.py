@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 
+import anyio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -62,6 +64,7 @@ def page(ids: list[str], starting_token: str, max_entries: int) -> tuple[int, in
 class ControllerService(Servicer, csi.ControllerBase):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
+        self._attach_slots: anyio.Lock | None = None
 
     def _require(self, rpc_type: csi.ControllerServiceCapabilityRpcType) -> None:
         if rpc_type not in controller_rpcs(self.ctx.features, self.ctx.config.mode):
@@ -103,8 +106,26 @@ class ControllerService(Servicer, csi.ControllerBase):
         if self.ctx.config.mode is Mode.CONTROLLER:
             return csi.ControllerPublishVolumeResponse(publish_context=context)
         with self.ctx.locks.hold(volume_id):
-            extra = await self.ctx.backend.publish_volume(volume_id, node_id, message.readonly)
+            extra = await self._publish(volume_id, node_id, message.readonly)
         return csi.ControllerPublishVolumeResponse(publish_context={**extra, **context})
+
+    async def _publish(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
+        """Publish within the node's attach limit (``--max-volumes-per-node``): the slots of one node are one
+        resource, so they are counted and taken under one lock; without a limit there is nothing to count."""
+        limit = self.ctx.config.max_volumes_per_node
+        if not limit:
+            return await self.ctx.backend.publish_volume(volume_id, node_id, readonly)
+        if self._attach_slots is None:
+            self._attach_slots = anyio.Lock()
+        await self.ctx.backend.require_volume(volume_id)  # an unknown volume is NOT_FOUND, not over the limit
+        async with self._attach_slots:
+            attached = [vol.volume_id for vol in await self.ctx.backend.list_volumes()
+                        if node_id in vol.published_node_ids]
+            if volume_id not in attached and len(attached) >= limit:
+                raise errors.CapacityExhausted(
+                    f"node {node_id!r} already has {len(attached)} volumes attached, its limit "
+                    f"(--max-volumes-per-node {limit})")
+            return await self.ctx.backend.publish_volume(volume_id, node_id, readonly)
 
     @rpc("ControllerUnpublishVolume", mutating=True)
     async def controller_unpublish_volume(
