@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,15 @@ from grpclib.exceptions import GRPCError
 from backends.base import snapshot_id_for, volume_id_for
 from csi.gen.csi import v1 as csi
 from tests.lifecycle import UNKNOWN_ID, Volume
-from tests.support import MIB, NODE_ID, Client, DriverProcess, create_request, mount_cap, mounts_under
+from tests.support import MIB, NODE_ID, Client, DriverProcess, connect, create_request, mount_cap, mounts_under
 
 CRpc = csi.ControllerServiceCapabilityRpcType
 Mode = csi.VolumeCapabilityAccessModeMode
 IA, NF, AE, FP = Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.ALREADY_EXISTS, Status.FAILED_PRECONDITION
 RE, AB, UN = Status.RESOURCE_EXHAUSTED, Status.ABORTED, Status.UNIMPLEMENTED
 UNKNOWN_SNAPSHOT = "lcs-" + "0" * 32
+#: The attach limit (``--max-volumes-per-node``) the drivers run with: the world fills it.
+ATTACH_LIMIT = 3
 #: A path where no volume is published: csi-sanity's own.
 RELATIVE = "some/path"
 
@@ -506,3 +509,64 @@ async def hold_busy(world: World, storage: Path, *, name: str, snapshot: str) ->
     if snapshots:
         await c.controller.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=snapshot_id_for(snapshot)))
     await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id_for(name)))
+
+
+# ---- the drivers' surroundings ------------------------------------------------------------------------------
+
+
+def _sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+@contextlib.contextmanager
+def freezable(directory: Path, size: int = 768 * MIB) -> Iterator[Path]:
+    """An ext4 filesystem of the test's own mounted at ``directory`` (so the test may freeze it)."""
+    image = directory.with_name(directory.name + ".fs")
+    with image.open("wb") as handle:
+        handle.truncate(size)
+    _sh("mkfs.ext4", "-q", "-F", str(image))
+    directory.mkdir(parents=True, exist_ok=True)
+    _sh("mount", "-o", "loop", str(image), str(directory))
+    try:
+        yield directory
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(directory)], capture_output=True, check=False)
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)
+        image.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def world_of(proc: DriverProcess) -> AsyncIterator[World]:
+    """The rows' world on a started driver, torn down through the driver afterwards."""
+    async with connect(proc.socket_path) as c:
+        world = await World.build(c, proc)
+        try:
+            yield world
+        finally:
+            with anyio.CancelScope(shield=True):
+                await world.tear_down()
+
+
+async def run_table(proc: DriverProcess, *, at_least: int) -> list[str]:
+    """Every row of :data:`ROWS` that applies (at least ``at_least`` of them) on a started driver; one line for
+    each that answered another code. No row may change what is mounted or a published volume's data."""
+    async with world_of(proc) as world:
+        before = world.mounts()
+        assert sum(row.applies(world)[0] for row in ROWS) >= at_least
+        wrong = await check_rows(world, ROWS)
+        assert world.mounts() == before, "an error row changed what is mounted"
+        assert world.staged.read(5) == b"alive", "an error row touched a published volume's data"
+    return wrong
+
+
+async def run_busy(proc: DriverProcess, storage: Path, *, at_least: int) -> list[str]:
+    """Every row of :data:`BUSY_ROWS` (at least ``at_least``) while :func:`hold_busy` holds calls in flight on
+    ``storage``, the filesystem the driver records its state on."""
+    async with world_of(proc) as world:
+        started = time.monotonic()
+        async with hold_busy(world, storage, name="pvc-held", snapshot="snap-held") as held:
+            assert sum(row.applies(world)[0] for row in BUSY_ROWS) >= at_least
+            wrong = await check_rows(world, BUSY_ROWS)
+            assert (held.volume_id, held.name_id) == (world.busy.volume_id, volume_id_for("pvc-held"))
+        assert time.monotonic() - started < 120, "the held calls did not finish after the thaw"
+    return wrong
