@@ -145,8 +145,8 @@ class RawdiskProfile:
     snapshot_room: ClassVar[int] = 128 * MIB
 
     def unavailable_reason(self) -> str:
-        if not (REPO / "backends" / "rawdisk.py").exists():
-            return "backends/rawdisk.py is not written yet"
+        if not (REPO / "backends" / "rawdisk" / "backend.py").exists():
+            return "backends/rawdisk/backend.py is not written yet"
         return "" if Path("/dev/loop-control").exists() else "no /dev/loop-control"
 
     def disk_sizes(self, node: SimNode) -> list[int]:
@@ -227,8 +227,8 @@ class LvmProfile:
     pool_share: ClassVar[float] = 0.75
 
     def unavailable_reason(self) -> str:
-        if not (REPO / "backends" / "lvm.py").exists():
-            return "backends/lvm.py is not written yet"
+        if not (REPO / "backends" / "lvm" / "backend.py").exists():
+            return "backends/lvm/backend.py is not written yet"
         if not kernel_has_device_mapper():
             return "this kernel lacks device-mapper (no device-mapper in /proc/misc); run it in the kernel lane"
         return ""
