@@ -51,6 +51,26 @@ class SourceKind(enum.Enum):
 
 
 @dataclass(frozen=True)
+class RequestedAccess:
+    """What a request's capabilities ask of a volume (parsed and checked by ``csi/validation.py``)."""
+
+    access_types: frozenset[AccessType]
+    fs_type: str
+    mount_flags: tuple[str, ...]
+    read_only: bool
+    #: SINGLE_NODE_SINGLE_WRITER: at most one publish target.
+    single_writer: bool = False
+
+    @property
+    def access_type(self) -> AccessType:
+        return AccessType.MOUNT if AccessType.MOUNT in self.access_types else AccessType.BLOCK
+
+    @property
+    def block(self) -> bool:
+        return self.access_type is AccessType.BLOCK
+
+
+@dataclass(frozen=True)
 class Features:
     """What a backend can do; advertised capabilities derive from this only."""
 

@@ -1,12 +1,11 @@
-"""What is at a path on this node: which device is mounted or bound there, its usage.
+"""Who uses a device on this node (filesystems on it, binds of its node), for detach, copies and single-writer.
 
-Answers come from ``stat``/``statvfs`` (no process, at most one mountinfo read),
-because they sit on the hot path of NodeUnstage, NodePublish and NodeGetVolumeStats.
+Answers come from ``stat`` and one mountinfo read, no process. What is at one
+particular path, and whether it is a volume's own, is :mod:`backends.nodeops`'s.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 
 from loguru import logger
@@ -14,59 +13,12 @@ from loguru import logger
 from backends.errors import BackendError
 from backends.system import mount as mnt
 from backends.system import reflink
-from backends.system.errors import SyscallError
-from backends.system.stats import FsStats, block_device_size, filesystem_stats
-
-
-async def mounted_device(path: str) -> int | None:
-    """The device number a path exposes: a block device bound onto a file, or the
-    filesystem mounted at a directory. ``None`` when nothing is mounted there (or the path vanished while we
-    looked: a racing unpublish)."""
-    try:
-        state = await mnt.path_state(path)
-    except SyscallError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    if not state.exists:
-        return None
-    if state.is_block:
-        return state.rdev
-    if state.mount_point:
-        return state.dev
-    return None
 
 
 async def device_number(device: str) -> int:
     """``st_rdev`` of a device node (0 when it does not exist)."""
     state = await mnt.path_state(device)
     return state.rdev if state.exists else 0
-
-
-async def path_usage(path: str) -> FsStats | None:
-    """Bytes (and inodes) of the volume at ``path``; for a block device only its size. None if absent
-    (including removed while we looked: a racing unpublish)."""
-    try:
-        state = await mnt.path_state(path)
-        if not state.exists:
-            return None
-        if state.is_block:
-            size = await block_device_size(path)
-            return FsStats(total_bytes=size, available_bytes=0, used_bytes=0, total_inodes=0, free_inodes=0,
-                           used_inodes=0)
-        return await filesystem_stats(path)
-    except SyscallError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-
-
-async def mounted_fs_type(path: str) -> str:
-    """The filesystem type mounted at ``path`` ("" for none, or for a bound block device)."""
-    entry = await mnt.find_mount(path)
-    if entry is None or entry.fs_type == "devtmpfs":
-        return ""
-    return entry.fs_type
 
 
 async def device_in_use(device: str) -> list[str]:

@@ -9,6 +9,7 @@ endpoint without importing the driver.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -88,6 +89,8 @@ class DriverConfig:
     command_prefix: tuple[str, ...] = ()
     #: When set, staging and target paths must lie strictly below one of these (the kubelet directory).
     kubelet_dirs: tuple[str, ...] = ()
+    #: Where staged block volumes keep their device binds ("": :attr:`node_block_dir` chooses).
+    block_dir: str = ""
     max_volumes_per_node: int = 0
     #: How long SIGTERM waits for in-flight RPCs before exiting.
     shutdown_grace_seconds: float = 20.0
@@ -110,3 +113,14 @@ class DriverConfig:
         first = default_pool(self.pools).name
         ordered = sorted(self.pools, key=lambda p: (p.name != first, p.name))
         return ",".join(f"{p.name}={p.options.kind}" for p in ordered)
+
+    @property
+    def node_block_dir(self) -> str:
+        """The driver's own directory for staged block volumes (backends/nodeops.py): ``block_dir``, else below
+        the first kubelet directory (on the host, with the kubelet's mount propagation), else beside the socket."""
+        if self.block_dir:
+            return self.block_dir
+        if self.kubelet_dirs:
+            return os.path.join(self.kubelet_dirs[0], "plugins", self.driver_name, "block")
+        socket = Endpoint.parse(self.endpoint).path
+        return os.path.join(os.path.dirname(socket), "block") if socket else "/run/localcsi/block"

@@ -24,11 +24,6 @@ class ServiceContext:
     observer: Observer | None = None
 
     @property
-    def path_prefixes(self) -> tuple[str, ...]:
-        """When set, staging and target paths must lie strictly below one of these (the kubelet directory)."""
-        return self.config.kubelet_dirs
-
-    @property
     def backend(self) -> Backend:
         if self.backend_ is None:
             raise errors.PreconditionFailed("this instance runs in controller mode and holds no storage")

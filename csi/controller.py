@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 
+import anyio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -69,6 +71,7 @@ def page(ids: list[str], starting_token: str, max_entries: int) -> tuple[int, in
 class ControllerService(Servicer, csi.ControllerBase):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
+        self._attach_slots: anyio.Lock | None = None
 
     def _require(self, rpc_type: csi.ControllerServiceCapabilityRpcType) -> None:
         if rpc_type not in controller_rpcs(self.ctx.features, self.ctx.config.mode):
@@ -81,6 +84,7 @@ class ControllerService(Servicer, csi.ControllerBase):
         required, limit = v.capacity_range(message.capacity_range)
         v.string_map(message.parameters, "parameters")
         source = v.content_source(message.volume_content_source)
+        v.known_source(source)
         if not v.topology_allows(message.accessibility_requirements, self.ctx.config.node_id):
             raise errors.CapacityExhausted(f"this node ({self.ctx.config.node_id}) is not in the requisite topology")
         spec = base.VolumeSpec(name, required, limit, dict(message.parameters), access.access_type, access.fs_type,
@@ -103,15 +107,32 @@ class ControllerService(Servicer, csi.ControllerBase):
     ) -> csi.ControllerPublishVolumeResponse:
         volume_id = v.volume_id(message.volume_id)
         node_id = v.required(message.node_id, "node_id")
-        if message.volume_capability is None:
-            raise errors.InvalidArgument("volume_capability is required")
-        v.capability(message.volume_capability, self.ctx.features)
+        v.capability(v.present(message.volume_capability, "volume_capability"), self.ctx.features)
+        v.known_volume(volume_id)
         context = {PUBLISH_NODE_KEY: node_id}
         if self.ctx.config.mode is Mode.CONTROLLER:
             return csi.ControllerPublishVolumeResponse(publish_context=context)
         with self.ctx.locks.hold(volume_id):
-            extra = await self.ctx.backend.publish_volume(volume_id, node_id, message.readonly)
+            extra = await self._publish(volume_id, node_id, message.readonly)
         return csi.ControllerPublishVolumeResponse(publish_context={**extra, **context})
+
+    async def _publish(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
+        """Publish within the node's attach limit (``--max-volumes-per-node``): the slots of one node are one
+        resource, so they are counted and taken under one lock; without a limit there is nothing to count."""
+        limit = self.ctx.config.max_volumes_per_node
+        if not limit:
+            return await self.ctx.backend.publish_volume(volume_id, node_id, readonly)
+        if self._attach_slots is None:
+            self._attach_slots = anyio.Lock()
+        await self.ctx.backend.require_volume(volume_id)  # an unknown volume is NOT_FOUND, not over the limit
+        async with self._attach_slots:
+            attached = [vol.volume_id for vol in await self.ctx.backend.list_volumes()
+                        if node_id in vol.published_node_ids]
+            if volume_id not in attached and len(attached) >= limit:
+                raise errors.CapacityExhausted(
+                    f"node {node_id!r} already has {len(attached)} volumes attached, its limit "
+                    f"(--max-volumes-per-node {limit})")
+            return await self.ctx.backend.publish_volume(volume_id, node_id, readonly)
 
     @rpc("ControllerUnpublishVolume", mutating=True)
     async def controller_unpublish_volume(
@@ -128,13 +149,10 @@ class ControllerService(Servicer, csi.ControllerBase):
         self, message: csi.ValidateVolumeCapabilitiesRequest
     ) -> csi.ValidateVolumeCapabilitiesResponse:
         volume_id = v.volume_id(message.volume_id)
-        if not message.volume_capabilities:
-            raise errors.InvalidArgument("volume_capabilities is required")
-        await self.ctx.backend.get_volume(volume_id)
-        try:
-            v.capabilities(message.volume_capabilities, self.ctx.features)
-        except v.UnsupportedCapability as exc:
-            return csi.ValidateVolumeCapabilitiesResponse(message=str(exc))
+        problem = v.capabilities_problem(message.volume_capabilities, self.ctx.features)
+        await self.ctx.backend.get_volume(v.known_volume(volume_id))
+        if problem:
+            return csi.ValidateVolumeCapabilitiesResponse(message=problem)
         return csi.ValidateVolumeCapabilitiesResponse(
             confirmed=csi.ValidateVolumeCapabilitiesResponseConfirmed(
                 volume_context=dict(message.volume_context),
@@ -194,11 +212,10 @@ class ControllerService(Servicer, csi.ControllerBase):
     ) -> csi.ControllerExpandVolumeResponse:
         self._require(csi.ControllerServiceCapabilityRpcType.EXPAND_VOLUME)
         volume_id = v.volume_id(message.volume_id)
-        if message.capacity_range is None:
-            raise errors.InvalidArgument("capacity_range is required")
-        required, limit = v.capacity_range(message.capacity_range)
+        required, limit = v.capacity_range(v.present(message.capacity_range, "capacity_range"))
         if message.volume_capability is not None:
             v.capability(message.volume_capability, self.ctx.features)
+        v.known_volume(volume_id)
         if self.ctx.config.mode is Mode.CONTROLLER:
             # The storage lives on the node: NodeExpandVolume grows it there.
             return csi.ControllerExpandVolumeResponse(capacity_bytes=required, node_expansion_required=True)
@@ -208,7 +225,7 @@ class ControllerService(Servicer, csi.ControllerBase):
 
     @rpc("ControllerGetVolume", log_level="DEBUG")
     async def controller_get_volume(self, message: csi.ControllerGetVolumeRequest) -> csi.ControllerGetVolumeResponse:
-        volume = await self.ctx.backend.get_volume(v.volume_id(message.volume_id))
+        volume = await self.ctx.backend.get_volume(v.known_volume(v.volume_id(message.volume_id)))
         return csi.ControllerGetVolumeResponse(
             volume=volume_message(volume, self.ctx.topology),
             status=csi.ControllerGetVolumeResponseVolumeStatus(
@@ -224,6 +241,7 @@ class ControllerService(Servicer, csi.ControllerBase):
         name = v.volume_name(message.name)
         source = v.volume_id(message.source_volume_id, "source_volume_id")
         v.string_map(message.parameters, "parameters")
+        v.known_volume(source)
         with self.ctx.locks.hold(base.snapshot_id_for(name), source):
             snap = await self.ctx.backend.create_snapshot(source, name, dict(message.parameters))
         return csi.CreateSnapshotResponse(snapshot=snapshot_message(snap))
@@ -255,5 +273,5 @@ class ControllerService(Servicer, csi.ControllerBase):
     @rpc("GetSnapshot", log_level="DEBUG")
     async def get_snapshot(self, message: csi.GetSnapshotRequest) -> csi.GetSnapshotResponse:
         self._require(csi.ControllerServiceCapabilityRpcType.GET_SNAPSHOT)
-        snap = await self.ctx.backend.get_snapshot(v.snapshot_id(message.snapshot_id))
+        snap = await self.ctx.backend.get_snapshot(v.known_snapshot(v.snapshot_id(message.snapshot_id)))
         return csi.GetSnapshotResponse(snapshot=snapshot_message(snap))

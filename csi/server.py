@@ -28,6 +28,7 @@ from loguru import logger
 
 from backends import errors
 from backends.base import Backend
+from backends.nodeops import NodeOps
 from backends.pools import merged_features
 from backends.system.runner import Runner
 from csi import memory, wire
@@ -58,7 +59,11 @@ def build_services(ctx: ServiceContext, runner: Runner) -> list[object]:
     """The servicers for the mode; a service the mode does not offer answers UNIMPLEMENTED to every call."""
     services: list[object] = [IdentityService(ctx)]
     services.append(ControllerService(ctx) if ctx.config.mode.serves_controller else csi.ControllerBase())
-    services.append(NodeService(ctx, runner) if ctx.config.mode.serves_node else csi.NodeBase())
+    if ctx.config.mode.serves_node:
+        ops = NodeOps(ctx.backend, runner, block_dir=ctx.config.node_block_dir, kubelet_dirs=ctx.config.kubelet_dirs)
+        services.append(NodeService(ctx, ops))
+    else:
+        services.append(csi.NodeBase())
     return services
 
 

@@ -1,23 +1,36 @@
 """Pure request checks: names, ids, paths, capacity ranges, capabilities, topology.
 
 Everything here is a function of the request (and the backend's declared
-features) alone; failures raise :mod:`backends.errors` exceptions, which the
-one error table turns into gRPC codes. No I/O except :func:`safe_path`'s
-symlink check, which only reads.
+features, the node's path policy) alone, with no I/O; failures raise
+:mod:`backends.errors` exceptions, which the one error table turns into gRPC
+codes. Every handler runs all of its checks before its first lookup, so a
+malformed request is INVALID_ARGUMENT whatever it names. Whether an id is one
+this driver could have issued is such a lookup (:func:`known_volume`,
+:func:`known_snapshot`, :func:`known_source`): NOT_FOUND, after the checks.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TypeVar
 
 import betterproto2
 
 from backends import errors, paths
-from backends.base import TOPOLOGY_KEY, AccessType, ContentSource, Features, SourceKind
+from backends.base import (
+    TOPOLOGY_KEY,
+    AccessType,
+    ContentSource,
+    Features,
+    RequestedAccess,
+    SourceKind,
+)
 from backends.ids import is_driver_snapshot_id, is_driver_volume_id
+from backends.nodeops import PathPolicy
 from csi.gen.csi import v1 as csi
+
+T = TypeVar("T")
 
 #: The CSI spec's limit for strings a CO sends; longer names are refused, not truncated.
 MAX_NAME_BYTES = 128
@@ -51,19 +64,42 @@ def volume_name(name: str) -> str:
     return name
 
 
+def present(value: T | None, what: str) -> T:
+    """A required message field (absent is INVALID_ARGUMENT)."""
+    if value is None:
+        raise errors.InvalidArgument(f"{what} is required")
+    return value
+
+
 def volume_id(value: str, what: str = "volume_id") -> str:
-    """A volume id from a request: empty is INVALID_ARGUMENT; not one of ours is NOT_FOUND."""
+    """A required id; whether it names a volume is a lookup (:func:`known_volume`), made after every check."""
     required(value, what)
-    if not is_driver_volume_id(value):
-        raise errors.VolumeNotFound(value[:200])
+    _printable(value, what)
     return value
 
 
 def snapshot_id(value: str, what: str = "snapshot_id") -> str:
     required(value, what)
+    _printable(value, what)
+    return value
+
+
+def known_volume(value: str) -> str:
+    """The first lookup of a handler: an id this driver could not have issued is NOT_FOUND."""
+    if not is_driver_volume_id(value):
+        raise errors.VolumeNotFound(value[:200])
+    return value
+
+
+def known_snapshot(value: str) -> str:
     if not is_driver_snapshot_id(value):
         raise errors.SnapshotNotFound(value[:200])
     return value
+
+
+def known_source(source: ContentSource | None) -> None:
+    if source is not None:
+        (known_snapshot if source.kind is SourceKind.SNAPSHOT else known_volume)(source.source_id)
 
 
 def string_map(values: Mapping[str, str], what: str) -> Mapping[str, str]:
@@ -78,50 +114,35 @@ def string_map(values: Mapping[str, str], what: str) -> Mapping[str, str]:
     return values
 
 
-def safe_path(path: str, what: str, prefixes: Sequence[str] = ()) -> str:
-    """An absolute, normalised path with no symlink in it, under one of ``prefixes`` if any are set.
-
-    The kubelet hands us these paths; anything else (``..``, relative paths, NUL
-    bytes, a symlink planted to redirect a mount onto the host) is refused.
-    """
-    required(path, what)
-    if "\0" in path or len(path.encode()) > MAX_PATH_BYTES:
+def _path_string(value: str, what: str) -> str:
+    required(value, what)
+    if "\0" in value or len(value.encode()) > MAX_PATH_BYTES:
         raise errors.InvalidArgument(f"{what} is not a valid path")
-    _printable(path, what)
-    if not os.path.isabs(path):
+    _printable(value, what)
+    return value
+
+
+def path(value: str, what: str, policy: PathPolicy | None = None) -> str:
+    """An absolute, normalised path (a trailing slash dropped) that ``policy`` admits: strictly below the
+    kubelet directory, clear of the driver's own. Whether it goes through a symbolic link is the node's to see.
+
+    The kubelet hands us these paths; anything else (``..``, relative paths, NUL bytes, the kubelet
+    directory itself) is refused.
+    """
+    _path_string(value, what)
+    if not os.path.isabs(value):
         raise errors.InvalidArgument(f"{what} must be an absolute path")
-    normal = os.path.normpath(path)
-    if normal != path.rstrip("/") or "/../" in f"{path}/" or normal == "/":
+    normal = os.path.normpath(value)
+    if normal != value.rstrip("/") or "/../" in f"{value}/" or normal == "/" or normal.startswith("//"):
         raise errors.InvalidArgument(f"{what} must be a normalised path without '..'")
-    if prefixes and not any(normal == p or normal.startswith(p.rstrip("/") + "/") for p in prefixes):
-        raise errors.InvalidArgument(f"{what} is outside the kubelet directory")
-    _no_symlinks(normal, what)
-    return normal
+    return policy.require(normal, what) if policy is not None else normal
 
 
-def _no_symlinks(path: str, what: str) -> None:
-    """Refuse a path any existing component of which is a symlink (realpath would differ)."""
-    probe = path
-    while probe and not os.path.lexists(probe):
-        probe = os.path.dirname(probe)
-    if probe and os.path.realpath(probe) != probe:
-        raise errors.InvalidArgument(f"{what} goes through a symbolic link")
-
-
-@dataclass(frozen=True)
-class RequestedAccess:
-    """What a list of capabilities asks of a volume."""
-
-    access_types: frozenset[AccessType]
-    fs_type: str
-    mount_flags: tuple[str, ...]
-    read_only: bool
-    #: SINGLE_NODE_SINGLE_WRITER: at most one publish target.
-    single_writer: bool = False
-
-    @property
-    def access_type(self) -> AccessType:
-        return AccessType.MOUNT if AccessType.MOUNT in self.access_types else AccessType.BLOCK
+def volume_path(value: str, what: str = "volume_path") -> str:
+    """Where a volume is said to be published (stats, expansion). Required and a valid string; a path where no
+    volume can be published (relative, outside the kubelet directory) is not malformed but NOT_FOUND, which the
+    node answers after its lookup."""
+    return _path_string(value, what)
 
 
 class UnsupportedCapability(errors.InvalidArgument):
@@ -197,6 +218,16 @@ def capabilities(
     )
 
 
+def capabilities_problem(caps: Sequence[csi.VolumeCapability], features: Features) -> str:
+    """ValidateVolumeCapabilities: "" when every capability is supported, else why not. A malformed list is
+    INVALID_ARGUMENT (raised), an unsupported one only an answer."""
+    try:
+        capabilities(caps, features)
+    except UnsupportedCapability as exc:
+        return str(exc)
+    return ""
+
+
 def capacity_range(value: csi.CapacityRange | None) -> tuple[int, int]:
     if value is None:
         return 0, 0
@@ -215,6 +246,7 @@ def topology_allows(requirement: csi.TopologyRequirement | None, node_id: str) -
 
 
 def content_source(source: csi.VolumeContentSource | None) -> ContentSource | None:
+    """The source named; whether it exists is a lookup (:func:`known_source` first)."""
     if source is None:
         return None
     kind, value = _which(source, "type")

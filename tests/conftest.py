@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import DriverProcess
+from tests.support import DriverProcess, serving
 
 
 @pytest.fixture
@@ -27,9 +27,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriverProcess]:
     """A real ``localcsi serve --backend loopfile`` process on a unix socket, cleaned up afterwards."""
-    proc = DriverProcess(tmp_path_factory.mktemp("driver"))
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
+    yield from serving(DriverProcess(tmp_path_factory.mktemp("driver")))

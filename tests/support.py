@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +58,12 @@ def loops_backed_by(directory: Path) -> list[tuple[str, str]]:
 
 
 def force_cleanup(root: Path, data_dir: Path) -> None:
+    # The loop devices first: once a lazy unmount detaches the filesystem their files live on, the kernel names
+    # those files relative to it and they no longer look like ours.
+    loops = loops_backed_by(data_dir)
     for point in sorted(mounts_under(root), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    for device, _ in loops_backed_by(data_dir):
+    for device, _ in loops:
         subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
 
 
@@ -89,6 +92,11 @@ class DriverProcess:
     @property
     def kubelet_dir(self) -> Path:
         return self.root / "kubelet"
+
+    @property
+    def block_dir(self) -> Path:
+        """Where the driver binds staged block volumes' devices: beside its socket, or below ``--kubelet-dir``."""
+        return self.root / "block"
 
     @property
     def log_path(self) -> Path:
@@ -158,14 +166,24 @@ class DriverProcess:
         force_cleanup(self.root, self.data_dir)
 
     def leaks(self) -> dict[str, list[str]]:
-        """What the driver left behind that no live volume explains: mounts and loop devices."""
+        """What the driver left behind that no live volume explains: mounts (at the kubelet's paths and in the
+        driver's own block directory) and loop devices."""
         return {
-            "mounts": mounts_under(self.kubelet_dir),
+            "mounts": mounts_under(self.kubelet_dir) + mounts_under(self.block_dir),
             "loops": [dev for dev, _ in loops_backed_by(self.data_dir)],
         }
 
     def images(self) -> list[str]:
         return sorted(p.name for p in self.data_dir.glob("*.img"))
+
+
+def serving(proc: DriverProcess) -> Iterator[DriverProcess]:
+    """The body of a driver fixture: ``proc`` started, then killed and cleaned up."""
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
 
 
 class Client:

@@ -34,7 +34,7 @@ from pathlib import Path
 import anyio
 from loguru import logger
 
-from backends.errors import CapacityExhausted, InvalidArgument, VolumeInUse
+from backends.errors import CapacityExhausted, InvalidArgument, PreconditionFailed, VolumeInUse
 from backends.system import _ioctl
 from backends.system.errors import SyscallError
 
@@ -164,6 +164,12 @@ def _pack_config(file_fd: int, backing_file: str, *, flags: int, offset: int, si
     )  # fmt: skip
 
 
+def _open_error(backing_file: str, exc: OSError) -> Exception:
+    if exc.errno == errno.ENOENT:  # the data the volume is made of is gone: a cause, not an internal error
+        return PreconditionFailed(f"{backing_file} does not exist: there is nothing to attach")
+    return SyscallError.from_oserror("open", backing_file, exc)
+
+
 def _open_backing(backing_file: str, *, readonly: bool, direct_io: bool) -> tuple[int, bool]:
     """Open the image; returns (fd, whether O_DIRECT is in effect)."""
     mode = os.O_RDONLY if readonly else os.O_RDWR
@@ -173,12 +179,12 @@ def _open_backing(backing_file: str, *, readonly: bool, direct_io: bool) -> tupl
             return os.open(backing_file, mode | os.O_DIRECT), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
-                raise SyscallError.from_oserror("open", backing_file, exc) from exc
+                raise _open_error(backing_file, exc) from exc
             logger.warning("{file}: its filesystem refuses O_DIRECT; attaching with buffered I/O", file=backing_file)
     try:
         return os.open(backing_file, mode), False
     except OSError as exc:
-        raise SyscallError.from_oserror("open", backing_file, exc) from exc
+        raise _open_error(backing_file, exc) from exc
 
 
 def _get_free() -> int:

@@ -1,4 +1,4 @@
-"""Making filesystems. Called only after a blank probe (see ``backends.node``).
+"""Making filesystems. Called only after a blank probe (see ``backends.nodeops``).
 
 Flags, measured on a 20 GiB sparse image behind a direct-I/O loop device
 (median of 3): ``mkfs.ext4 -q`` 20 ms, with ``-E nodiscard,lazy_itable_init=1``

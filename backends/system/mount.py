@@ -416,7 +416,8 @@ class PathState:
 
     ``mount_point`` compares the path's device with its parent's: exact for a
     filesystem mounted there, blind to a bind mount from the same filesystem
-    (use :func:`find_mount` where that matters).
+    (use :func:`find_mount` where that matters). ``through_symlink``: some
+    existing component of the path (the last one included) is a symbolic link.
     """
 
     exists: bool
@@ -426,6 +427,8 @@ class PathState:
     rdev: int = 0
     mode: int = 0
     readonly: bool = False
+    size: int = 0
+    through_symlink: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -434,6 +437,10 @@ class PathState:
     @property
     def is_block(self) -> bool:
         return stat.S_ISBLK(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
 
     @property
     def major_minor(self) -> str:
@@ -450,16 +457,20 @@ class PathState:
 
 
 def _path_state_sync(path: str) -> PathState:
-    where = Path(os.path.normpath(path))
+    normal = os.path.normpath(path)
+    where = Path(normal)
+    through_symlink = os.path.realpath(normal) != normal
     try:
         st = where.stat()
     except FileNotFoundError:
-        return PathState(exists=False)
+        return PathState(exists=False, through_symlink=through_symlink)
     except OSError as exc:
         raise SyscallError.from_oserror("stat", path, exc) from exc
     try:
         parent_dev = where.parent.stat().st_dev
         readonly = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except FileNotFoundError:  # removed while we looked
+        return PathState(exists=False, through_symlink=through_symlink)
     except OSError as exc:
         raise SyscallError.from_oserror("stat", path, exc) from exc
     return PathState(
@@ -470,9 +481,78 @@ def _path_state_sync(path: str) -> PathState:
         rdev=st.st_rdev,
         mode=st.st_mode,
         readonly=readonly,
+        size=st.st_size,
+        through_symlink=through_symlink,
     )
 
 
 async def path_state(path: str) -> PathState:
-    """stat + statvfs of ``path`` (and stat of its parent), in a worker thread."""
+    """stat + statvfs of ``path`` (and stat of its parent), and whether it goes through a symbolic link; in a
+    worker thread."""
     return await anyio.to_thread.run_sync(_path_state_sync, path)
+
+
+def _is_empty_sync(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except NotADirectoryError:
+        return os.stat(path).st_size == 0
+
+
+async def is_empty(path: str) -> bool:
+    """True for a directory without entries or an empty file (``path`` must exist)."""
+    try:
+        return await anyio.to_thread.run_sync(_is_empty_sync, path)
+    except OSError as exc:
+        raise SyscallError.from_oserror("scandir", path, exc) from exc
+
+
+def _create_sync(path: str, file: bool, mode: int) -> None:
+    where = Path(path)
+    if file:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.touch(mode=mode, exist_ok=True)
+    else:
+        where.mkdir(mode=mode, parents=True, exist_ok=True)
+
+
+async def create(path: str, *, file: bool = False, mode: int = 0o750) -> None:
+    """Make ``path`` (with its parents): a directory, or an empty regular file when ``file``; present is fine."""
+    try:
+        await anyio.to_thread.run_sync(_create_sync, path, file, mode)
+    except OSError as exc:
+        raise SyscallError.from_oserror("mkdir" if not file else "create", path, exc) from exc
+
+
+def _remove_empty_sync(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(path)
+        else:
+            return False
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+            return False
+        raise SyscallError.from_oserror("remove", path, exc) from exc
+    return True
+
+
+async def remove_empty(path: str) -> bool:
+    """Remove ``path`` if it is an empty directory or an empty regular file (a symlink is never followed);
+    True when it is gone (or was already), False when it holds something and was left alone."""
+    return await anyio.to_thread.run_sync(_remove_empty_sync, path)
+
+
+def _canonical_sync(path: str) -> str:
+    return os.path.realpath(path)
+
+
+async def canonical(path: str) -> str:
+    """``path`` with every symbolic link resolved (``/dev/vg/lv`` -> ``/dev/dm-3``)."""
+    return await anyio.to_thread.run_sync(_canonical_sync, path)

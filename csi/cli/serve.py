@@ -49,6 +49,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--command-prefix", default="", help='prefix for every system command, e.g. "nsenter -t 1 -m --"')
     p.add_argument("--kubelet-dir", action="append", default=[], metavar="DIR",
                    help="refuse staging/target paths outside DIR (repeatable; default: any path)")
+    p.add_argument("--block-dir", default="", metavar="DIR",
+                   help="the driver's own directory for staged block volumes' device binds, kept across restarts "
+                        "(default: <first --kubelet-dir>/plugins/<driver name>/block, else beside the unix socket)")
     p.add_argument("--max-volumes-per-node", type=int, default=0,
                    help="volumes this node may hold, as NodeGetInfo reports it (0: no limit)")
     p.add_argument("--metrics-address", default="", help="HOST:PORT to serve Prometheus metrics on")
@@ -86,6 +89,7 @@ def config_from(args: argparse.Namespace, version: str) -> DriverConfig:
         mode=Mode(args.mode),
         command_prefix=tuple(shlex.split(args.command_prefix)),
         kubelet_dirs=tuple(os.path.abspath(p) for p in args.kubelet_dir),
+        block_dir=os.path.abspath(args.block_dir) if args.block_dir else "",
         max_volumes_per_node=args.max_volumes_per_node,
         shutdown_grace_seconds=args.shutdown_grace,
         metrics_address=args.metrics_address,

@@ -62,9 +62,7 @@ Mode = csi.VolumeCapabilityAccessModeMode
 THIN = {"loopfile.localcsi.dev/provisioning": "thin"}
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
 #: Attacks whose defence another part of the driver still has to wire in: attack name -> what is missing.
-KNOWN_OPEN = {
-    "raw-data-then-ext4": "the node side does not ask backend.may_hold_data() before formatting yet",
-}
+KNOWN_OPEN: dict[str, str] = {}
 
 Attack = Callable[[list[str]], Awaitable[None]]
 

@@ -180,6 +180,11 @@ class Cluster:
     def _mount_leaks(self, kubelet: Kubelet) -> list[str]:
         expected = [kubelet.staging_path(pv) for pv in kubelet.staged.values()]
         expected += [m.target for m in kubelet.mounted.values()]
+        # The driver's own directory below the kubelet's (its default --block-dir) holds a staged block
+        # volume's device bind, and only while the volume is staged.
+        block_dir = kubelet.root / "plugins" / DRIVER_NAME / "block"
+        expected += [block_dir / pv.volume_handle for pv in kubelet.staged.values()
+                     if pv.volume_mode is VolumeMode.BLOCK]
         found = []
         points = host.mounts_under(kubelet.root)
         for point in sorted(set(points)):

@@ -112,14 +112,13 @@ class FakeDisks:
             return handle.read(length)
 
     def cleanup(self) -> None:
+        ours = set(self.devices.values())
+        views = loops_over(ours)  # found before any lazy unmount renames their backing files
+        disks = [device for device in ours if loop_backing(device).startswith(str(self.images))]
         for point in sorted(mounts_below(self.root), key=len, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        ours = set(self.devices.values())
-        for view in loops_over(ours):
-            subprocess.run(["losetup", "-d", view], capture_output=True, check=False)
-        for device in self.devices.values():
-            if loop_backing(device).startswith(str(self.images)):
-                subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+        for device in views + disks:
+            subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
         self.devices.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -9,7 +9,7 @@ import pytest
 from e2e.conformance.__main__ import build_parser, pytest_argv
 from e2e.conformance.client import open_channel
 from e2e.conformance.config import load_secrets, parse_params, parse_size
-from tests.conformance.suite import _from_junit
+from tests.conformance.suite import SuiteRun, _from_junit
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -79,3 +79,15 @@ def test_junit_counts_and_failed_specs(tmp_path: Path) -> None:
     run = _from_junit(1, "", junit)
     assert (run.passed, run.failures, run.errors, run.skipped) == (1, 1, 1, 1)
     assert run.failed_specs == ("e2e.conformance.test_node::test_b", "e2e.conformance.test_node::test_c")
+
+
+def test_skips_beyond_the_allowed_reasons_are_reported() -> None:
+    output = ("SKIPPED [6] e2e/conformance/harness.py:52: controller capability EXPAND_VOLUME not advertised\n"
+              "SKIPPED [1] e2e/conformance/harness.py:52: controller capability CLONE_VOLUME not advertised\n")
+    run = SuiteRun(0, output, tests=100, failures=0, errors=0, skipped=7, failed_specs=())
+    assert run.skip_reasons() == {"controller capability EXPAND_VOLUME not advertised": 6,
+                                  "controller capability CLONE_VOLUME not advertised": 1}
+    allowed = {"controller capability EXPAND_VOLUME not advertised": 6}
+    assert run.unexpected_skips(allowed) == ["1 skipped: controller capability CLONE_VOLUME not advertised",
+                                             "7 specs skipped, at most 6 expected"]
+    assert run.unexpected_skips({**allowed, "controller capability CLONE_VOLUME not advertised": 1}) == []

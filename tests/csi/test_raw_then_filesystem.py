@@ -18,9 +18,6 @@ from tests.support import MIB, DriverProcess, block_cap, connect, mount_cap
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the node side (csi/node.py, backends/nodeops.py) to ask "
-                                       "backend.may_hold_data() before formatting (issue 15 item 5); "
-                                       "remove this mark when it does")
 async def test_raw_block_data_is_never_formatted(driver: DriverProcess) -> None:
     async with connect(driver.socket_path) as c:
         raw = Lifecycle(c, driver, "pvc-raw", block_cap(), 32 * MIB)

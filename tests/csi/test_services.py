@@ -21,6 +21,7 @@ from grpclib.testing import ChannelFor
 from backends import errors
 from backends.base import Backend, Capacity, Condition, Features, Volume, VolumeSpec
 from backends.loopfile.options import LoopfileOptions
+from backends.nodeops import NodeOps
 from backends.pools import PoolSpec
 from backends.system.testing import FakeRunner
 from csi.config import DriverConfig, Mode
@@ -134,7 +135,8 @@ async def serve(backend: ScriptedBackend, mode: Mode = Mode.ALL) -> AsyncIterato
     config = DriverConfig("localcsi.dev", "n1", "unix:///unused", (PoolSpec("default", LoopfileOptions()),), mode=mode)
     ctx = ServiceContext(config, backend.features, storage)
     services: list[Any] = [IdentityService(ctx), ControllerService(ctx),
-                           NodeService(ctx, FakeRunner(lambda argv: (0, "", "")))]
+                           NodeService(ctx, NodeOps(backend, FakeRunner(lambda argv: (0, "", "")),
+                                                    block_dir="/run/localcsi-unused"))]
     async with anyio.create_task_group() as tg:
         ctx.supervisor.bind(tg)
         async with ChannelFor(services) as channel:

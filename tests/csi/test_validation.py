@@ -9,6 +9,7 @@ import pytest
 
 from backends import errors
 from backends.base import TOPOLOGY_KEY, AccessType, Features, SourceKind, volume_id_for
+from backends.nodeops import PathPolicy
 from csi import validation as v
 from csi.gen.csi import v1 as csi
 
@@ -41,28 +42,38 @@ def test_bad_names_are_invalid(name: str) -> None:
 def test_unknown_volume_id_is_not_found_and_empty_is_invalid() -> None:
     with pytest.raises(errors.InvalidArgument):
         v.volume_id("")
+    assert v.volume_id("../etc") == "../etc"  # well-formed: that it names no volume is a lookup, made later
     with pytest.raises(errors.NotFound):
-        v.volume_id("../etc")
-    assert v.volume_id(volume_id_for("x")) == volume_id_for("x")
+        v.known_volume("../etc")
+    assert v.known_volume(v.volume_id(volume_id_for("x"))) == volume_id_for("x")
 
 
 @pytest.mark.parametrize("path", ["rel/path", "/a/../b", "/a/./b", "/", "/a\0b", "/a\nb", "//double"])
 def test_unsafe_paths_are_refused(path: str) -> None:
     with pytest.raises(errors.InvalidArgument):
-        v.safe_path(path, "target_path")
+        v.path(path, "target_path")
 
 
-def test_paths_outside_the_kubelet_dir_and_through_symlinks_are_refused(tmp_path: Path) -> None:
+def test_paths_must_lie_strictly_below_the_kubelet_dir_and_clear_of_the_drivers_own(tmp_path: Path) -> None:
     kubelet = tmp_path / "kubelet"
-    kubelet.mkdir()
-    (kubelet / "link").symlink_to(tmp_path)
-    assert v.safe_path(str(kubelet / "pods/x/mount"), "t", [str(kubelet)]) == str(kubelet / "pods/x/mount")
-    with pytest.raises(errors.InvalidArgument):
-        v.safe_path(str(tmp_path / "elsewhere"), "t", [str(kubelet)])
-    with pytest.raises(errors.InvalidArgument):
-        v.safe_path(str(kubelet / "link" / "mount"), "t", [str(kubelet)])
-    with pytest.raises(errors.InvalidArgument):
-        v.safe_path(str(kubelet) + "-evil/x", "t", [str(kubelet)])
+    own = kubelet / "plugins" / "localcsi.dev" / "block"
+    policy = PathPolicy((str(kubelet),), (str(own),))
+    assert v.path(str(kubelet / "pods/x/mount"), "t", policy) == str(kubelet / "pods/x/mount")
+    assert v.path(str(kubelet / "pods/x/mount") + "/", "t", policy) == str(kubelet / "pods/x/mount")
+    for bad in (tmp_path / "elsewhere", kubelet, Path(str(kubelet) + "-evil/x"), own, own / "lcv-x",
+                own.parent, kubelet / "plugins"):
+        with pytest.raises(errors.InvalidArgument):
+            v.path(str(bad), "t", policy)
+        assert not policy.admits(str(bad))
+    assert v.path(str(tmp_path / "elsewhere"), "t") == str(tmp_path / "elsewhere")
+
+
+def test_a_volume_path_is_a_string_check_only() -> None:
+    """Stats and expansion on a path where no volume can be (relative, say) are NOT_FOUND, not malformed."""
+    assert v.volume_path("some/path") == "some/path"
+    for bad in ("", "/a\0b", "/a\nb"):
+        with pytest.raises(errors.InvalidArgument):
+            v.volume_path(bad)
 
 
 def test_capabilities_merge_and_defaults() -> None:
@@ -122,7 +133,11 @@ def test_content_source() -> None:
     sid = "lcs-" + "a" * 32
     src = v.content_source(csi.VolumeContentSource(snapshot=csi.VolumeContentSourceSnapshotSource(snapshot_id=sid)))
     assert src is not None and src.kind is SourceKind.SNAPSHOT and src.source_id == sid
-    with pytest.raises(errors.NotFound):
-        v.content_source(csi.VolumeContentSource(volume=csi.VolumeContentSourceVolumeSource(volume_id="nope")))
+    v.known_source(src)
+    unknown = v.content_source(csi.VolumeContentSource(volume=csi.VolumeContentSourceVolumeSource(volume_id="nope")))
+    with pytest.raises(errors.NotFound):  # a lookup, made after every check of the request
+        v.known_source(unknown)
     with pytest.raises(errors.InvalidArgument):
         v.content_source(csi.VolumeContentSource())
+    with pytest.raises(errors.InvalidArgument):
+        v.content_source(csi.VolumeContentSource(volume=csi.VolumeContentSourceVolumeSource()))

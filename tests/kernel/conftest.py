@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 from backends.system.errors import CommandError
 from backends.system.runner import ProcessRunner, Result, Runner
 from e2e.sim.profiles import kernel_has_device_mapper
-from tests.kernel.lvmtools import VolumeGroup, sh
+from tests.kernel.lvmtools import VolumeGroup, volume_group
 
 IN_LANE = os.environ.get("LOCALCSI_VMTEST") == "1"
 CAP_SYS_RESOURCE = 24
@@ -69,25 +67,10 @@ def _kernel_features() -> None:
 def lvm_vg() -> Iterator[VolumeGroup]:
     require_kernel_features()
     scratch = Path(tempfile.mkdtemp(prefix="lvm-pvs-"))
-    loops: list[str] = []
-    name = f"lcsi{uuid.uuid4().hex[:8]}"
     try:
-        for index in range(2):
-            image = scratch / f"pv{index}.img"
-            with image.open("wb") as handle:
-                handle.truncate(PV_BYTES)
-            loops.append(sh("losetup", "--find", "--show", str(image)).strip())
-        sh("pvcreate", "-q", *loops)
-        sh("vgcreate", "-q", name, *loops)
-        sh("lvcreate", "-q", "--type", "thin-pool", "-L", f"{THINPOOL_BYTES}b", "-n", "pool", name)
-        yield VolumeGroup(name, "pool", tuple(loops))
+        with volume_group(scratch, PV_BYTES, THINPOOL_BYTES) as vg:
+            yield vg
     finally:
-        subprocess.run(["vgremove", "-q", "-f", name], capture_output=True, check=False, timeout=120)
-        for loop in loops:
-            subprocess.run(["pvremove", "-q", "-f", loop], capture_output=True, check=False, timeout=60)
-            subprocess.run(["losetup", "-d", loop], capture_output=True, check=False, timeout=60)
-        for image in scratch.glob("*.img"):
-            image.unlink()
         scratch.rmdir()
 
 

@@ -14,9 +14,9 @@ from tests.support import NODE_ID, DriverProcess, mounts_under
 
 
 def lvm_driver(root: Path, vg: VolumeGroup, *, thin: bool, overprovision: float = 1.0,
-               node_id: str = NODE_ID) -> DriverProcess:
-    """A driver on ``vg`` (with its thin pool when ``thin``); not started."""
-    args = ["--lvm-vg", vg.name, "--kubelet-dir", str(root / "kubelet")]
+               node_id: str = NODE_ID, extra: tuple[str, ...] = ()) -> DriverProcess:
+    """A driver on ``vg`` (with its thin pool when ``thin``), with ``extra`` flags; not started."""
+    args = ["--lvm-vg", vg.name, "--kubelet-dir", str(root / "kubelet"), *extra]
     if thin:
         args += ["--lvm-thinpool", vg.thinpool, "--lvm-thin-overprovision", str(overprovision)]
     return DriverProcess(root, node_id=node_id, backend="lvm", extra_args=tuple(args))

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from backends import errors, node
+from backends import errors, nodeops
 from backends.base import ContentSource, SourceKind, VolumeSpec, volume_id_for
 from backends.lvm.backend import PARAM_TYPE, LvmBackend
 from backends.lvm.options import LvmOptions
+from backends.system import mount
 from backends.system.runner import Result, Runner
 from tests.kernel.lvmtools import VolumeGroup, sh
 
@@ -112,28 +113,28 @@ async def test_filesystem_survives_detach_and_grows_online(
     device = await backend.attach(volume.volume_id, readonly=False)
     assert device == f"/dev/{lvm_vg.name}/{volume.volume_id}"
     assert await backend.device_path(volume.volume_id) == device
-    assert await node.ensure_formatted(runner, device, fs_type) is True
-    await node.ensure_mounted(device, target, fs_type)
+    assert await nodeops.ensure_formatted(runner, device, fs_type) is True
+    await nodeops.ensure_mounted(device, target, fs_type)
     Path(target, "data").write_bytes(payload)
-    await node.ensure_unmounted(target, remove=False)
+    await mount.clear_target(target, remove=False)
     await backend.detach(volume.volume_id)
     assert our_lvs(lvm_vg.name)[volume.volume_id][4] == "-", "detach deactivates"
     assert await backend.device_path(volume.volume_id) is None
 
     device = await backend.attach(volume.volume_id, readonly=False)
-    assert await node.ensure_formatted(runner, device, fs_type) is False
-    await node.ensure_mounted(device, target, fs_type)
+    assert await nodeops.ensure_formatted(runner, device, fs_type) is False
+    await nodeops.ensure_mounted(device, target, fs_type)
     with pytest.raises(errors.VolumeInUse):
         await backend.detach(volume.volume_id)
     before = os.statvfs(target)
     assert await backend.expand_volume(volume.volume_id, 600 * MIB, 0) == 600 * MIB
     assert await backend.refresh_device_size(volume.volume_id) == 600 * MIB
-    assert await node.ensure_filesystem_grown(runner, device, target, fs_type) is True
+    assert await nodeops.ensure_filesystem_grown(runner, device, target, fs_type) is True
     after = os.statvfs(target)
     assert after.f_blocks * after.f_frsize > 1.8 * before.f_blocks * before.f_frsize
     assert Path(target, "data").read_bytes() == payload
 
-    await node.ensure_unmounted(target)
+    await mount.clear_target(target)
     await backend.detach(volume.volume_id)
     await backend.delete_volume(volume.volume_id)
     assert volume.volume_id not in our_lvs(lvm_vg.name)
@@ -169,8 +170,8 @@ async def test_the_node_path_runs_lvm_only_to_change_it(lvm_vg: VolumeGroup, run
         assert await backend.device_path(volume.volume_id) is None
         device = await backend.attach(volume.volume_id, readonly=False)
         assert counting.tools == ["lvchange"], "NodeStage: one activation, no lvs"
-        await node.ensure_formatted(runner, device, "ext4")
-        await node.ensure_mounted(device, target, "ext4")
+        await nodeops.ensure_formatted(runner, device, "ext4")
+        await nodeops.ensure_mounted(device, target, "ext4")
         counting.tools.clear()
         assert await backend.device_path(volume.volume_id) == device
         assert await backend.attach(volume.volume_id, readonly=False) == device
@@ -178,13 +179,13 @@ async def test_the_node_path_runs_lvm_only_to_change_it(lvm_vg: VolumeGroup, run
         with pytest.raises(errors.VolumeInUse):
             await backend.detach(volume.volume_id)
         assert counting.tools == [], "a staged volume needs no LVM command"
-        await node.ensure_unmounted(target, remove=False)
+        await mount.clear_target(target, remove=False)
         await backend.detach(volume.volume_id)
         assert counting.tools == ["lvchange"], "NodeUnstage: one deactivation, no lvs"
         assert our_lvs(lvm_vg.name)[volume.volume_id][4] == "-"
         assert await backend.device_path(volume.volume_id) is None
     finally:
-        await node.ensure_unmounted(target)
+        await mount.clear_target(target)
         await backend.detach(volume.volume_id)
         await backend.delete_volume(volume.volume_id)
 

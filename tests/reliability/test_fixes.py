@@ -16,7 +16,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import backends.metadata as metadata
-import backends.paths as paths
+import backends.nodeops as nodeops
 from backends import errors, faults
 from backends.base import AccessType, VolumeSpec
 from backends.loopfile.backend import LoopfileBackend
@@ -116,8 +116,8 @@ async def test_path_usage_of_a_path_removed_meanwhile_is_none(monkeypatch: pytes
     async def vanished(path: str) -> object:
         raise SyscallError("statvfs", errno.ENOENT, path)
 
-    monkeypatch.setattr(paths, "filesystem_stats", vanished)
-    assert await paths.path_usage(str(tmp_path)) is None
+    monkeypatch.setattr(nodeops, "filesystem_stats", vanished)
+    assert await nodeops.path_usage(str(tmp_path)) is None
 
 
 # -- loop devices running out (for real: tests/kernel/test_loop_exhaustion.py; here a fake ioctl) -------------------
@@ -151,13 +151,13 @@ def test_an_armed_fault_point_kills_the_process() -> None:
 
 
 @pytest.mark.anyio
-async def test_mounted_device_of_a_path_removed_meanwhile_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_path_removed_meanwhile_holds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     async def vanished(path: str) -> object:
         raise SyscallError("stat", errno.ENOENT, path)
 
     monkeypatch.setattr("backends.system.mount.path_state", vanished)
-    assert await paths.mounted_device("/somewhere") is None
-    assert await paths.path_usage("/somewhere") is None
+    assert (await nodeops.look("/somewhere", nodeops.Own("lcv-x"))).holds is nodeops.Holds.NOTHING
+    assert await nodeops.path_usage("/somewhere") is None
 
 
 # -- a loop device whose detach the kernel deferred is never handed out again ------------------------------------
