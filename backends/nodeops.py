@@ -41,7 +41,7 @@ import anyio
 from loguru import logger
 
 from backends import paths
-from backends.base import Backend, Condition, RequestedAccess, is_volume_id
+from backends.base import Backend, Condition, RequestedAccess
 from backends.errors import (
     AlreadyExists,
     BackendError,
@@ -54,6 +54,7 @@ from backends.errors import (
     WrongNode,
 )
 from backends.faults import fault_point
+from backends.ids import is_driver_volume_id
 from backends.system import blkid, mkfs
 from backends.system import fs as fs_tools
 from backends.system import mount as mnt
@@ -369,7 +370,7 @@ class NodeOps:
     # -- proofs ------------------------------------------------------------------------------------
     async def _require(self, volume_id: str) -> None:
         """NOT_FOUND for an id this driver never issued or whose volume is gone; nothing is looked at before."""
-        if not is_volume_id(volume_id):
+        if not is_driver_volume_id(volume_id):  # with or without its pool: NodeOps sees the ids the CO holds
             raise VolumeNotFound(volume_id[:200])
         await self.backend.require_volume(volume_id)
 

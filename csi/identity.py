@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from loguru import logger
 
@@ -17,8 +18,10 @@ HEALTH_CACHE_SECONDS = 1.0
 
 
 class IdentityService(Servicer, csi.IdentityBase):
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for how long a healthy Probe answer holds (tests pass their own)."""
         super().__init__(ctx)
+        self._clock = clock
         self._healthy_until = 0.0
 
     @rpc("GetPluginInfo", log_level="DEBUG")
@@ -42,7 +45,7 @@ class IdentityService(Servicer, csi.IdentityBase):
     async def probe(self, message: csi.ProbeRequest) -> csi.ProbeResponse:
         if self.ctx.backend_ is None:
             return csi.ProbeResponse(ready=True)
-        now = time.monotonic()
+        now = self._clock()
         if now < self._healthy_until:  # livenessprobe polls often; a healthy answer holds for a moment
             return csi.ProbeResponse(ready=True)
         try:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import DriverProcess, serving
+from tests.support import DriverProcess
 
 
 @pytest.fixture
@@ -27,4 +27,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriverProcess]:
     """A real ``localcsi serve --backend loopfile`` process on a unix socket, cleaned up afterwards."""
-    yield from serving(DriverProcess(tmp_path_factory.mktemp("driver")))
+    with DriverProcess(tmp_path_factory.mktemp("driver")).running() as proc:
+        yield proc

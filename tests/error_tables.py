@@ -20,8 +20,9 @@ from grpclib.exceptions import GRPCError
 
 from backends.base import snapshot_id_for, volume_id_for
 from csi.gen.csi import v1 as csi
-from tests.lifecycle import UNKNOWN_ID, Volume
-from tests.support import MIB, NODE_ID, Client, DriverProcess, connect, create_request, mount_cap, mounts_under
+from e2e.leaks import mounts_under
+from tests.nodepaths import UNKNOWN_ID, Volume
+from tests.support import MIB, NODE_ID, Client, DriverProcess, connect, create_request, mount_cap
 
 CRpc = csi.ControllerServiceCapabilityRpcType
 Mode = csi.VolumeCapabilityAccessModeMode

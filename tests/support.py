@@ -1,18 +1,18 @@
 """Test support: a real driver process, a gRPC client for it, and leak checks.
 
-Cleanup and leak checks use the plain system tools (``findmnt``-free
-mountinfo reading, ``umount``, ``losetup``) rather than the code under test,
-so a bug in the driver cannot hide its own leaks.
+Cleanup and leak checks use :mod:`e2e.leaks` and the plain system tools (``umount``,
+``losetup``) rather than the code under test, so a bug in the driver cannot hide its
+own leaks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,50 +21,42 @@ from pathlib import Path
 from grpclib.client import Channel
 
 from csi.gen.csi import v1 as csi
+from e2e import leaks
 
 NODE_ID = "test-node-1"
 GIB = 1 << 30
 MIB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
+#: The command line, as a user runs it from a checkout.
+LOCALCSI = (sys.executable, "-m", "csi.cli")
 
 
-def mountinfo_points() -> list[str]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4]
-        for esc, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-            point = point.replace(esc, ch)
-        points.append(point)
-    return points
+def localcsi(*args: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``localcsi ARGS`` from the repository; output captured as text."""
+    return subprocess.run([*LOCALCSI, *args], capture_output=True, text=True, timeout=timeout, check=check, cwd=REPO)
 
 
-def mounts_under(root: Path) -> list[str]:
-    prefix = str(root).rstrip("/") + "/"
-    return [p for p in mountinfo_points() if p.startswith(prefix) or p == str(root)]
-
-
-def loops_backed_by(directory: Path) -> list[tuple[str, str]]:
-    """(device, backing file) for every loop device whose backing file lies in ``directory``."""
-    found = []
-    prefix = str(directory).rstrip("/") + "/"
-    for entry in Path("/sys/block").glob("loop*"):
-        backing = entry / "loop" / "backing_file"
-        try:
-            target = backing.read_text().strip()
-        except OSError:
-            continue
-        if target.startswith(prefix):
-            found.append((f"/dev/{entry.name}", target))
-    return found
+@contextlib.contextmanager
+def sparse_file(prefix: str, size: int) -> Iterator[Path]:
+    """A sparse file of ``size`` bytes alone in a new scratch directory; both are removed afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    image = scratch / "image.img"
+    with image.open("wb") as handle:
+        handle.truncate(size)
+    try:
+        yield image
+    finally:
+        image.unlink(missing_ok=True)
+        scratch.rmdir()
 
 
 def force_cleanup(root: Path, data_dir: Path) -> None:
-    # The loop devices first: once a lazy unmount detaches the filesystem their files live on, the kernel names
-    # those files relative to it and they no longer look like ours.
-    loops = loops_backed_by(data_dir)
-    for point in sorted(mounts_under(root), key=len, reverse=True):
+    """Unmount everything under ``root`` (deepest first) and detach the loop devices over ``data_dir``'s files."""
+    attached = leaks.loops_backed_under(data_dir)  # before the unmounts: a lazy unmount renames the backing files
+    for point in sorted(leaks.mounts_under(root), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    for device, _ in loops:
-        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+    for info in attached:
+        subprocess.run(["losetup", "-d", info.device], check=False, capture_output=True)
 
 
 @dataclass
@@ -104,7 +96,7 @@ class DriverProcess:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "csi.cli", "serve",
+            *LOCALCSI, "serve",
             "--endpoint", self.endpoint,
             "--node-id", self.node_id,
             "--backend", self.backend,
@@ -117,8 +109,7 @@ class DriverProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.kubelet_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=Path(__file__).resolve().parent.parent)
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -156,6 +147,15 @@ class DriverProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    @contextlib.contextmanager
+    def running(self, timeout: float = 30.0) -> Iterator[DriverProcess]:
+        """Started; afterwards killed, with every mount and loop device it left forced away."""
+        self.start(timeout)
+        try:
+            yield self
+        finally:
+            self.cleanup()
+
     def restart(self) -> None:
         self.kill9()
         self.start()
@@ -165,25 +165,22 @@ class DriverProcess:
             self.kill9()
         force_cleanup(self.root, self.data_dir)
 
+    def leak_scope(self) -> leaks.Scope:
+        """Where this driver may leave something behind: mounts under its kubelet dir and its block directory, loop
+        devices over its images."""
+        return leaks.Scope(kubelet_dir=self.kubelet_dir, block_dir=self.block_dir, data_dir=self.data_dir)
+
     def leaks(self) -> dict[str, list[str]]:
-        """What the driver left behind that no live volume explains: mounts (at the kubelet's paths and in the
-        driver's own block directory) and loop devices."""
-        return {
-            "mounts": mounts_under(self.kubelet_dir) + mounts_under(self.block_dir),
-            "loops": [dev for dev, _ in loops_backed_by(self.data_dir)],
-        }
+        """What the driver left behind in its scope, one list per kind (see :mod:`e2e.leaks`)."""
+        return leaks.find(self.leak_scope())
 
     def images(self) -> list[str]:
         return sorted(p.name for p in self.data_dir.glob("*.img"))
 
 
-def serving(proc: DriverProcess) -> Iterator[DriverProcess]:
-    """The body of a driver fixture: ``proc`` started, then killed and cleaned up."""
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
+def assert_no_leaks(driver: DriverProcess, when: str = "") -> None:
+    found = driver.leaks()
+    assert not any(found.values()), f"left behind{' ' + when if when else ''}: {found}"
 
 
 class Client:
@@ -226,12 +223,3 @@ def create_request(name: str, size: int = 64 * MIB, cap: csi.VolumeCapability | 
         volume_capabilities=[cap or mount_cap()],
         parameters=parameters or {},
     )
-
-
-def write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -37,6 +37,10 @@ MIB = 1 << 20
 #: Below this much free space the image directory's filesystem counts as full: an overcommitted thin volume
 #: that may still write more than that is failing (writes to its unallocated parts get I/O errors).
 FULL_BYTES = 16 * MIB
+#: Kept back from what is offered: the room the records of an operation need (a volume's or snapshot's JSON
+#: record, written beside its image, and the temporary copy it is renamed from), so that a volume of exactly
+#: the capacity reported still gets its record written.
+RECORD_HEADROOM_BYTES = 1 * MIB
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,8 @@ def short_of_space(use: ImageUse, free_bytes: int, ratio: float) -> bool:
 
 
 def available_bytes(free_bytes: int, uses: Iterable[ImageUse], ratio: float) -> int:
-    """Free space less every promise, in whole MiB."""
-    available = max(0, free_bytes - sum(promised_bytes(u, ratio) for u in uses))
+    """Free space less every promise and the records' headroom, in whole MiB."""
+    available = max(0, free_bytes - sum(promised_bytes(u, ratio) for u in uses) - RECORD_HEADROOM_BYTES)
     return available - available % MIB
 
 

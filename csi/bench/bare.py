@@ -23,20 +23,20 @@ import anyio
 
 from backends.system.loop import LOGICAL_BLOCK_BYTES
 from backends.system.mkfs import mkfs_argv
-from backends.system.runner import ProcessRunner
+from backends.system.runner import ProcessRunner, Runner
 from csi.bench.stats import Recorder
 
 COMMAND_TIMEOUT = 120.0
 
 
-async def _step(runner: ProcessRunner, rec: Recorder, name: str, argv: list[str]) -> str:
+async def _step(runner: Runner, rec: Recorder, name: str, argv: list[str]) -> str:
     started = time.perf_counter()
     result = await runner.run(argv, timeout=COMMAND_TIMEOUT)
     rec.add(name, time.perf_counter() - started)
     return result.stdout.strip()
 
 
-async def _format_and_mount(runner: ProcessRunner, rec: Recorder, device: str, fs_type: str, *, staging: str,
+async def _format_and_mount(runner: Runner, rec: Recorder, device: str, fs_type: str, *, staging: str,
                             target: str, mounted: list[str]) -> None:
     """mkfs, mount at ``staging``, bind onto ``target``: what NodeStage and NodePublish do; records ``mounted``."""
     await _step(runner, rec, "mkfs", mkfs_argv(device, fs_type))
@@ -46,7 +46,7 @@ async def _format_and_mount(runner: ProcessRunner, rec: Recorder, device: str, f
     mounted.append(target)
 
 
-async def _unmount(runner: ProcessRunner, rec: Recorder, *, staging: str, target: str, mounted: list[str]) -> None:
+async def _unmount(runner: Runner, rec: Recorder, *, staging: str, target: str, mounted: list[str]) -> None:
     """The two unmounts of NodeUnpublish and NodeUnstage."""
     await _step(runner, rec, "umount target", ["umount", target])
     mounted.remove(target)
@@ -54,7 +54,7 @@ async def _unmount(runner: ProcessRunner, rec: Recorder, *, staging: str, target
     mounted.remove(staging)
 
 
-async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, size: int) -> None:
+async def _one(runner: Runner, rec: Recorder, root: str, fs_type: str, size: int) -> None:
     image = os.path.join(root, "image.img")
     staging = os.path.join(root, "staging")
     target = os.path.join(root, "target")
@@ -85,7 +85,7 @@ async def _one(runner: ProcessRunner, rec: Recorder, root: str, fs_type: str, si
                 os.unlink(image)
 
 
-async def _one_lvm(runner: ProcessRunner, rec: Recorder, root: str, vg: str, *, fs_type: str, size: int) -> None:
+async def _one_lvm(runner: Runner, rec: Recorder, root: str, vg: str, *, fs_type: str, size: int) -> None:
     """The lvm path as a script would do it: ``lvcreate``, ``mkfs``, ``mount``, ``mount --bind``; and back."""
     name = f"bare-{os.getpid()}"
     device = f"/dev/{vg}/{name}"
@@ -115,9 +115,12 @@ async def _one_lvm(runner: ProcessRunner, rec: Recorder, root: str, vg: str, *, 
 
 
 async def provision_bare(base_dir: str, fs_type: str, iterations: int, size: int, *,
-                         lvm_vg: str = "") -> dict[str, Any]:
-    """The bare path ``iterations`` times: loop files in ``base_dir``, or LVs in ``lvm_vg`` when given."""
-    runner = ProcessRunner()
+                         lvm_vg: str = "", runner: Runner | None = None) -> dict[str, Any]:
+    """The bare path ``iterations`` times: loop files in ``base_dir``, or LVs in ``lvm_vg`` when given.
+
+    ``runner`` runs the commands (default: a :class:`ProcessRunner`; tests pass a fake).
+    """
+    runner = runner or ProcessRunner()
     rec = Recorder()
     root = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="bare-", dir=base_dir))
     try:

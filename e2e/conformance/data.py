@@ -9,35 +9,10 @@ import stat
 import anyio
 
 from e2e.conformance.config import AccessType
+from e2e.files import read_at, write_at, write_file
 
 MARKER_FILE = "conformance-marker"
 BLOCK_SIZE = 4096
-
-
-def _write_block(device: str, payload: bytes) -> None:
-    fd = os.open(device, os.O_WRONLY)
-    try:
-        os.pwrite(fd, payload.ljust(BLOCK_SIZE, b"\0"), 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_block(device: str, length: int) -> bytes:
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        return os.pread(fd, length, 0)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: str, payload: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_file(path: str) -> bytes:
@@ -48,21 +23,28 @@ def _read_file(path: str) -> bytes:
 async def write_marker(target: str, access: AccessType, payload: bytes) -> None:
     """Write ``payload`` to a file in a mounted target, or at offset 0 of a block target."""
     if access is AccessType.BLOCK:
-        await anyio.to_thread.run_sync(_write_block, target, payload)
+        await anyio.to_thread.run_sync(write_at, target, 0, payload.ljust(BLOCK_SIZE, b"\0"))
     else:
-        await anyio.to_thread.run_sync(_write_file, os.path.join(target, MARKER_FILE), payload)
+        await anyio.to_thread.run_sync(write_file, os.path.join(target, MARKER_FILE), payload)
+
+
+async def write_random_marker(target: str, access: AccessType, length: int) -> bytes:
+    """Write ``length`` random bytes as the marker (see :func:`write_marker`); returns them."""
+    payload = os.urandom(length)
+    await write_marker(target, access, payload)
+    return payload
 
 
 async def read_marker(target: str, access: AccessType, length: int) -> bytes:
     if access is AccessType.BLOCK:
-        return await anyio.to_thread.run_sync(_read_block, target, length)
+        return await anyio.to_thread.run_sync(read_at, target, 0, length)
     return await anyio.to_thread.run_sync(_read_file, os.path.join(target, MARKER_FILE))
 
 
 async def write_is_refused(target: str) -> bool:
     """True if creating a file in a mounted target fails because the mount is read-only."""
     try:
-        await anyio.to_thread.run_sync(_write_file, os.path.join(target, MARKER_FILE + "-ro"), b"x")
+        await anyio.to_thread.run_sync(write_file, os.path.join(target, MARKER_FILE + "-ro"), b"x")
     except OSError as exc:
         return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
     return False

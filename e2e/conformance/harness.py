@@ -8,6 +8,7 @@ spec that fails half-way still leaves nothing behind.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import anyio
@@ -32,6 +33,16 @@ class Attachment:
     target_path: str
 
 
+def _need(served: bool, unserved: str, kind: str, offered: Collection[CRpc | NRpc],
+          rpcs: tuple[CRpc, ...] | tuple[NRpc, ...]) -> None:
+    """Skip the spec unless the service is served and advertises every one of ``rpcs``."""
+    if not served:
+        pytest.skip(unserved)
+    for rpc in rpcs:
+        if rpc not in offered:
+            pytest.skip(f"{kind} capability {rpc.name} not advertised")
+
+
 @dataclass
 class Harness:
     client: Client
@@ -45,18 +56,11 @@ class Harness:
     # ---- gating -------------------------------------------------------------------------------
 
     def need_controller(self, *rpcs: CRpc) -> None:
-        if not self.caps.has_controller:
-            pytest.skip("plugin does not advertise CONTROLLER_SERVICE")
-        for rpc in rpcs:
-            if rpc not in self.caps.controller:
-                pytest.skip(f"controller capability {rpc.name} not advertised")
+        _need(self.caps.has_controller, "plugin does not advertise CONTROLLER_SERVICE", "controller",
+              self.caps.controller, rpcs)
 
     def need_node(self, *rpcs: NRpc) -> None:
-        if not self.caps.node_service:
-            pytest.skip("plugin does not serve the Node service")
-        for rpc in rpcs:
-            if rpc not in self.caps.node:
-                pytest.skip(f"node capability {rpc.name} not advertised")
+        _need(self.caps.node_service, "plugin does not serve the Node service", "node", self.caps.node, rpcs)
 
     def need_access(self, access: AccessType) -> None:
         if self.config.access is not access:

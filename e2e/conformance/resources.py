@@ -17,6 +17,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
+from e2e import leaks
 from e2e.conformance.client import Client
 from e2e.conformance.config import SuiteConfig
 
@@ -86,26 +87,9 @@ async def _remove_quietly(directory: str, problems: list[str]) -> None:
     if not await path.exists():
         return
     try:
-        await _remove_tree(path, await mount_points())
+        await _remove_tree(path, frozenset(await anyio.to_thread.run_sync(leaks.mounts_under, directory)))
     except OSError as exc:
         problems.append(f"removing {directory}: {exc}")
-
-
-async def mount_points() -> frozenset[str]:
-    """Every mount point this process sees, octal escapes decoded."""
-    text = await anyio.Path("/proc/self/mountinfo").read_text()
-    points = set()
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) > 4:
-            points.add(_unescape(fields[4]))
-    return frozenset(points)
-
-
-def _unescape(field: str) -> str:
-    for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(escaped, char)
-    return field
 
 
 async def _remove_tree(path: anyio.Path, mounts: frozenset[str]) -> None:

@@ -271,11 +271,16 @@ async def test_list_volumes_pages_cover_everything_once(h: Harness) -> None:
     assert ours <= set(paged)
 
 
-async def test_list_volumes_sets_next_token_when_more_remain(h: Harness) -> None:
+async def _three_more_volumes(h: Harness) -> list[str]:
+    """Create three volumes; return every volume the plugin lists then (those and any others)."""
     h.need_controller(CRpc.LIST_VOLUMES, CRpc.CREATE_DELETE_VOLUME)
     for _ in range(3):
         await h.create_volume()
-    total = len((await _list_ids(h))[0])
+    return (await _list_ids(h))[0]
+
+
+async def test_list_volumes_sets_next_token_when_more_remain(h: Harness) -> None:
+    total = len(await _three_more_volumes(h))
     page, token = await _list_ids(h, 2)
     assert len(page) == 2
     assert total > 2
@@ -284,10 +289,7 @@ async def test_list_volumes_sets_next_token_when_more_remain(h: Harness) -> None
 
 async def test_list_volumes_tolerates_volumes_created_between_pages(h: Harness) -> None:
     """Entries listed before a change are not repeated; entries present throughout are not lost."""
-    h.need_controller(CRpc.LIST_VOLUMES, CRpc.CREATE_DELETE_VOLUME)
-    for _ in range(3):
-        await h.create_volume()
-    before = set((await _list_ids(h))[0])
+    before = set(await _three_more_volumes(h))
     first, token = await _list_ids(h, 2)
     assert token, "more entries remain but next_token is empty"
     added = await h.create_volume()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import anyio
 import pytest
 from grpclib.const import Status
@@ -11,7 +9,7 @@ from grpclib.const import Status
 from csi.gen.csi import v1 as csi
 from e2e.conformance.client import CRpc, NRpc
 from e2e.conformance.config import AccessType
-from e2e.conformance.data import is_block_device, read_marker, write_is_refused, write_marker
+from e2e.conformance.data import is_block_device, read_marker, write_is_refused, write_random_marker
 from e2e.conformance.harness import Harness, Mode
 from e2e.conformance.oracle import expect_code
 
@@ -34,8 +32,7 @@ async def test_full_lifecycle(h: Harness) -> None:
     volume = await h.create_volume()
     att = await h.attach(volume)
     await _check_published(h, att.target_path)
-    payload = os.urandom(64)
-    await write_marker(att.target_path, h.config.access, payload)
+    payload = await write_random_marker(att.target_path, h.config.access, 64)
     assert await read_marker(att.target_path, h.config.access, len(payload)) == payload
     if NRpc.GET_VOLUME_STATS in h.caps.node:
         req = csi.NodeGetVolumeStatsRequest(volume_id=volume.volume_id, volume_path=att.target_path,
@@ -89,8 +86,7 @@ async def test_data_survives_detach_and_reattach(h: Harness) -> None:
     h.need_node()
     volume = await h.create_volume()
     att = await h.attach(volume)
-    payload = os.urandom(128)
-    await write_marker(att.target_path, h.config.access, payload)
+    payload = await write_random_marker(att.target_path, h.config.access, 128)
     await h.detach(att)
     again = await h.attach(volume)
     assert await read_marker(again.target_path, h.config.access, len(payload)) == payload
@@ -103,8 +99,7 @@ async def test_two_targets_of_one_staged_volume_share_data(h: Harness) -> None:
     att = await h.attach(await h.create_volume())
     second = await h.new_target_path()
     await h.publish(att.volume, att.staging_path, second, att.publish_context)
-    payload = os.urandom(32)
-    await write_marker(att.target_path, h.config.access, payload)
+    payload = await write_random_marker(att.target_path, h.config.access, 32)
     assert await read_marker(second, h.config.access, len(payload)) == payload
 
 
@@ -126,8 +121,7 @@ async def test_readonly_publish_refuses_writes(h: Harness) -> None:
     h.need_node()
     volume = await h.create_volume()
     writable = await h.attach(volume)
-    payload = os.urandom(16)
-    await write_marker(writable.target_path, h.config.access, payload)
+    payload = await write_random_marker(writable.target_path, h.config.access, 16)
     readonly = await h.new_target_path()
     await h.publish(volume, writable.staging_path, readonly, writable.publish_context, readonly=True)
     assert await read_marker(readonly, h.config.access, len(payload)) == payload
@@ -146,8 +140,7 @@ async def test_publish_at_same_target_with_other_readonly_already_exists(h: Harn
 
 async def _write_then_detach(h: Harness, volume: csi.Volume) -> bytes:
     att = await h.attach(volume)
-    payload = os.urandom(64)
-    await write_marker(att.target_path, h.config.access, payload)
+    payload = await write_random_marker(att.target_path, h.config.access, 64)
     await h.detach(att)
     return payload
 

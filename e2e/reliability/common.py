@@ -1,6 +1,6 @@
 """What every phase shares: the phase result record, a scratch node, and outside-world snapshots.
 
-Leak and escape checks read mountinfo and sysfs through :mod:`e2e.sim.host`,
+Leak and escape checks read mountinfo and sysfs through :mod:`e2e.leaks`,
 never through the driver's own code.
 """
 
@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import anyio
 from grpclib.const import Status
 
+from csi.gen.csi import v1 as csi
+from e2e import leaks
 from e2e.sim import host
 from e2e.sim.driver import DriverInstance
 from e2e.sim.stats import Stats
@@ -30,6 +31,21 @@ DOCUMENTED = frozenset({
     Status.OK, Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.ALREADY_EXISTS, Status.OUT_OF_RANGE,
     Status.RESOURCE_EXHAUSTED, Status.FAILED_PRECONDITION, Status.ABORTED, Status.UNIMPLEMENTED,
 })
+
+
+#: StorageClass parameters of a thin loopfile volume: it costs only what is written.
+THIN = {"loopfile.localcsi.dev/provisioning": "thin"}
+Mode = csi.VolumeCapabilityAccessModeMode
+
+
+def mount_cap(fs_type: str = "ext4") -> csi.VolumeCapability:
+    return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type=fs_type),
+                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
+
+
+def block_cap() -> csi.VolumeCapability:
+    return csi.VolumeCapability(block=csi.VolumeCapabilityBlockVolume(),
+                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
 
 
 @dataclass
@@ -112,13 +128,13 @@ def force_clean(root: Path) -> None:
     The loop devices are found first: once a lazy unmount detaches the filesystem their files live on, the
     kernel names those files relative to it (``/volumes/...``) and they no longer look like ours.
     """
-    loops = host.loops_backed_under(root)
-    for point in sorted(set(host.mounts_under(root)), key=len, reverse=True):
-        for _ in range(host.mount_count(Path(point))):
+    loops = leaks.loops_backed_under(root)
+    for point in sorted(set(leaks.mounts_under(root)), key=len, reverse=True):
+        for _ in range(leaks.mount_count(point)):
             host.run(["umount", "-l", point], check=False)
     for info in loops:
         host.run(["losetup", "-d", info.device], check=False)
-    if not host.mounts_under(root):
+    if not leaks.mounts_under(root):
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -170,19 +186,11 @@ async def filesystem_node(prefix: str, kind: str, size_bytes: int, extra: list[s
                 await node.driver.kill9()
             node.driver._close_log()
             await anyio.to_thread.run_sync(force_clean, node.kubelet_dir)
-            for info in host.loops_backed_under(node.mount_point):
+            for info in leaks.loops_backed_under(node.mount_point):
                 await host.arun(["losetup", "-d", info.device], check=False)
             await host.arun(["umount", "-l", str(node.mount_point)], check=False)
             await host.arun(["losetup", "-d", device], check=False)
             await anyio.to_thread.run_sync(force_clean, root)
-
-
-def mount_set() -> Counter[str]:
-    return Counter(host.mount_points())
-
-
-def loop_backings() -> set[str]:
-    return {info.backing_file for info in host.attached_loops()}
 
 
 def tree_state(path: Path) -> dict[str, tuple[int, int, int, str]]:
@@ -204,14 +212,6 @@ def listing(path: Path, *, skip_prefixes: tuple[str, ...] = ()) -> set[str]:
         return {n for n in os.listdir(path) if not n.startswith(skip_prefixes)}
     except OSError:
         return set()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def log_lines(node: ScratchNode) -> list[str]:

@@ -32,18 +32,13 @@ import anyio
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from e2e.reliability.common import MIB, PhaseResult, filesystem_node
+from e2e.files import write_file
+from e2e.reliability.common import MIB, THIN, PhaseResult, filesystem_node, mount_cap
 from e2e.reliability.crash import check_records
 from e2e.sim.driver import DriverInstance
 
 FS_BYTES = 96 * MIB
-Mode = csi.VolumeCapabilityAccessModeMode
-THIN = {"loopfile.localcsi.dev/provisioning": "thin"}
 
-
-def _cap() -> csi.VolumeCapability:
-    return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="ext4"),
-                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
 
 
 @contextlib.asynccontextmanager
@@ -55,7 +50,7 @@ async def small_filesystem() -> AsyncIterator[tuple[Path, DriverInstance]]:
 async def create(driver: DriverInstance, name: str, size: int, parameters: dict[str, str] | None = None
                  ) -> tuple[str, csi.Volume | None]:
     request = csi.CreateVolumeRequest(name=name, capacity_range=csi.CapacityRange(required_bytes=size),
-                                      volume_capabilities=[_cap()], parameters=parameters or {})
+                                      volume_capabilities=[mount_cap()], parameters=parameters or {})
     try:
         resp = await driver.client().controller.create_volume(request, timeout=60)
     except GRPCError as exc:
@@ -71,20 +66,11 @@ async def publish(driver: DriverInstance, root: Path, volume_id: str, tag: str) 
     await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
     stubs = driver.client()
     await stubs.node.node_stage_volume(csi.NodeStageVolumeRequest(
-        volume_id=volume_id, staging_target_path=str(staging), volume_capability=_cap()), timeout=60)
+        volume_id=volume_id, staging_target_path=str(staging), volume_capability=mount_cap()), timeout=60)
     await stubs.node.node_publish_volume(csi.NodePublishVolumeRequest(
-        volume_id=volume_id, staging_target_path=str(staging), target_path=str(target), volume_capability=_cap()),
+        volume_id=volume_id, staging_target_path=str(staging), target_path=str(target), volume_capability=mount_cap()),
         timeout=60)
     return target
-
-
-def write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fill(path: Path, limit: int) -> tuple[int, str]:

@@ -27,14 +27,13 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from e2e.reliability.common import DOCUMENTED, MIB, PhaseResult, ScratchNode, log_lines, scratch_node
+from e2e.reliability.common import DOCUMENTED, MIB, THIN, PhaseResult, ScratchNode, log_lines, mount_cap, scratch_node
 from e2e.reliability.fuzz import RPCS
 from e2e.sim import host
 from e2e.sim.driver import REPO
 
 SENTINEL = "exposure-S3CRET-4b1d"
 SECRETS = {"password": SENTINEL, "token": SENTINEL}
-Mode = csi.VolumeCapabilityAccessModeMode
 NOBODY = 65534
 HARMLESS_DEVICES = ("/dev/null", "/dev/urandom", "/dev/random")
 
@@ -44,8 +43,7 @@ def secret_rpcs() -> set[str]:
 
 
 def _cap() -> csi.VolumeCapability:  # xfs: ext4 online growth needs CAP_SYS_RESOURCE, which the host lacks
-    return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="xfs"),
-                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
+    return mount_cap("xfs")
 
 
 class SecretCalls:
@@ -80,7 +78,7 @@ async def lifecycle_with_secrets(node: ScratchNode, result: PhaseResult) -> Secr
     await anyio.Path(target.parent).mkdir(parents=True)
     created = await calls.call("CreateVolume", lambda: c.create_volume(csi.CreateVolumeRequest(
         name="secret-vol", capacity_range=csi.CapacityRange(required_bytes=320 * MIB), volume_capabilities=[_cap()],
-        parameters={"loopfile.localcsi.dev/provisioning": "thin"}, secrets=SECRETS)))
+        parameters=THIN, secrets=SECRETS)))
     vid = created.volume.volume_id
     ghost = "lcv-" + "0" * 32
     steps: list[tuple[str, Callable[[str], Awaitable[Any]]]] = [

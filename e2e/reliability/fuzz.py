@@ -11,14 +11,18 @@ Checks: every answer is a documented code (never UNKNOWN, INTERNAL, UNAVAILABLE
 or a broken stream); the driver stays up; the sentinel is in no reply and no
 log line; nothing outside the driver's data dir and the kubelet dir is created,
 changed, mounted or attached (a decoy directory reached through planted
-symlinks, the kubelet dir's siblings, ``/``, ``/etc`` and ``/dev`` are
-snapshotted, mountinfo and the loop devices compared).
+symlinks, the kubelet dir's siblings, the system paths the fuzzer names and new
+entries carrying its token are snapshotted; of mountinfo and the loop devices,
+only what this phase's driver could have made is compared, since other
+processes on the machine mount and attach too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import stat
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -36,24 +40,25 @@ from hypothesis import strategies as st
 
 from backends.ids import snapshot_id_for, volume_id_for
 from csi.gen.csi import v1 as csi
+from e2e import leaks
 from e2e.reliability.common import (
     DOCUMENTED,
     MIB,
     NODE_ID,
+    THIN,
     PhaseResult,
     ScratchNode,
+    block_cap,
     listing,
     log_lines,
-    loop_backings,
-    mount_set,
+    mount_cap,
     scratch_node,
     tree_state,
 )
-from e2e.sim.driver import CALL_TIMEOUT
+from e2e.sim.driver import CALL_TIMEOUT, REPO
 
 SENTINEL = "S3NTINEL-d0-not-log-7f3a9c"
 TOKEN = "lcfz"  # in every path the fuzzer invents outside the kubelet dir, to spot escapes
-SYSTEM_DIRS = ("/etc", "/root", "/usr", "/boot", "/home", "/bin", "/sbin", "/lib", "/var/lib/")
 Mode = csi.VolumeCapabilityAccessModeMode
 
 #: (service, method, request type) for every RPC of CSI v1.12.
@@ -335,21 +340,54 @@ def _plant(node: ScratchNode) -> Path:
     return outside
 
 
+#: Paths outside the scratch tree the fuzzer names in requests (see :func:`_paths`): they must stay as they are.
+NAMED_PATHS = ("/", "/etc", "/etc/passwd", "/dev/null", "/proc/self/root")
+#: Directories where a path the fuzzer invents would land (relative paths resolve in the driver's directory).
+TOKEN_DIRS = ("/", "/etc", "/tmp", "/dev", str(REPO))
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldSnapshot:
+    """What of the machine this phase could change, and only that: other processes on a CI machine write
+    ``/etc``, mount filesystems and attach loop devices at any time, and none of that may count."""
+
     decoy: dict[str, tuple[int, int, int, str]]
     root_names: set[str]
-    top: set[str]
-    etc: dict[str, int]
-    dev: set[str]
-    mounts: Counter[str]
+    #: (mode, inode, size, mtime of a regular file) of each of :data:`NAMED_PATHS`.
+    named: dict[str, tuple[int, int, int, int]]
+    #: Entries whose name holds the fuzzer's token, in :data:`TOKEN_DIRS`.
+    tokened: set[str]
+    mounts: Counter[leaks.Mount]
     loops: set[str]
 
 
+def _named(path: str) -> tuple[int, int, int, int]:
+    st = os.lstat(path)
+    regular = stat.S_ISREG(st.st_mode)  # a directory's mtime moves whenever anyone adds an entry to it
+    return st.st_mode, st.st_ino, st.st_size if regular else 0, st.st_mtime_ns if regular else 0
+
+
+def _ours(mount: leaks.Mount, node: ScratchNode, loop_numbers: set[str]) -> bool:
+    """A mount this phase's driver could have made: of one of its loop devices, of something under the scratch
+    tree or the fuzzer's token, or at a path the fuzzer named."""
+    scratch = str(node.root)
+    return (mount.device in loop_numbers or mount.point in NAMED_PATHS
+            or any(TOKEN in p or p.startswith(scratch) or node.root.name in p for p in (mount.point, mount.root)))
+
+
+def _our_backing(backing: str, node: ScratchNode) -> bool:
+    """A loop device this phase's driver could have attached: over a file under the scratch tree (its images
+    are there), one with the fuzzer's token, or one the fuzzer named."""
+    return backing.startswith(str(node.root) + "/") or TOKEN in backing or backing in NAMED_PATHS
+
+
 def snapshot_world(node: ScratchNode, outside: Path) -> WorldSnapshot:
-    etc = {n: Path("/etc", n).lstat().st_mtime_ns for n in listing(Path("/etc"))}
-    return WorldSnapshot(tree_state(outside), listing(node.root), listing(Path("/")), etc,
-                         listing(Path("/dev"), skip_prefixes=("loop", "pts", "shm")), mount_set(), loop_backings())
+    loops = [info for info in leaks.loop_devices() if _our_backing(info.backing_file, node)]
+    numbers = {info.number for info in loops}
+    tokened = {f"{d.rstrip('/')}/{n}" for d in TOKEN_DIRS for n in listing(Path(d)) if TOKEN in n}
+    return WorldSnapshot(tree_state(outside), listing(node.root), {p: _named(p) for p in NAMED_PATHS}, tokened,
+                         Counter(m for m in leaks.mount_table() if _ours(m, node, numbers)),
+                         {info.backing_file for info in loops})
 
 
 def compare_world(before: WorldSnapshot, after: WorldSnapshot, node: ScratchNode, result: PhaseResult) -> None:
@@ -357,21 +395,13 @@ def compare_world(before: WorldSnapshot, after: WorldSnapshot, node: ScratchNode
     result.check(before.decoy == after.decoy, f"decoy directory changed: {changed}")
     result.check(before.root_names == after.root_names,
                  f"entries appeared next to the kubelet dir: {sorted(after.root_names ^ before.root_names)}")
-    result.check(before.top == after.top, f"/ changed: {sorted(after.top ^ before.top)}")
-    result.check(before.etc == after.etc, "/etc changed")
-    new_dev = {n for n in after.dev - before.dev if TOKEN in n}
-    result.check(not new_dev, f"/dev entries appeared: {sorted(new_dev)}")
+    named = sorted(p for p in NAMED_PATHS if before.named[p] != after.named[p])
+    result.check(not named, f"paths the fuzzer named changed: {named}")
+    result.check(not after.tokened - before.tokened, f"entries appeared: {sorted(after.tokened - before.tokened)}")
     allowed = (str(node.kubelet_dir) + "/", str(node.root / "storage"))
-    new_mounts = [p for p in (after.mounts - before.mounts)
-                  if TOKEN in p or (p.startswith(str(node.root)) and not p.startswith(allowed))
-                  or p.startswith(SYSTEM_DIRS)
-                  or p == "/"]
+    new_mounts = [m.point for m in after.mounts - before.mounts if not m.point.startswith(allowed)]
     result.check(not new_mounts, f"mounts appeared outside the kubelet dir: {new_mounts}")
-    # Other users of this machine attach loop devices too: count only backings the driver could have been
-    # steered to (our scratch tree, the fuzzer's token, system directories), not every new one.
-    stray = [b for b in after.loops - before.loops
-             if not b.startswith(str(node.data_dir) + "/")
-             and (TOKEN in b or b.startswith((str(node.root), *SYSTEM_DIRS, "/dev/")))]
+    stray = [b for b in after.loops - before.loops if not b.startswith(str(node.data_dir) + "/")]
     result.check(not stray, f"loop devices attached to files outside the data dir: {stray}")
 
 
@@ -380,35 +410,25 @@ async def _seed_volumes(node: ScratchNode) -> tuple[list[str], list[str]]:
     stubs = node.driver.client()
     k = node.kubelet_dir
     fs = await stubs.controller.create_volume(csi.CreateVolumeRequest(
-        name="fuzz-fs", capacity_range=csi.CapacityRange(required_bytes=32 * MIB), volume_capabilities=[_mount()],
-        parameters={"loopfile.localcsi.dev/provisioning": "thin"}))
+        name="fuzz-fs", capacity_range=csi.CapacityRange(required_bytes=32 * MIB), volume_capabilities=[mount_cap()],
+        parameters=THIN))
     blk = await stubs.controller.create_volume(csi.CreateVolumeRequest(
-        name="fuzz-block", capacity_range=csi.CapacityRange(required_bytes=8 * MIB), volume_capabilities=[_block()],
-        parameters={"loopfile.localcsi.dev/provisioning": "thin"}))
+        name="fuzz-block", capacity_range=csi.CapacityRange(required_bytes=8 * MIB), volume_capabilities=[block_cap()],
+        parameters=THIN))
     assert fs.volume is not None and blk.volume is not None
     staging, target = k / "plugins" / "fs" / "globalmount", k / "pods" / "seed" / "volumes" / "fs" / "mount"
     staging.mkdir(parents=True)
     target.parent.mkdir(parents=True)
     await stubs.node.node_stage_volume(csi.NodeStageVolumeRequest(
-        volume_id=fs.volume.volume_id, staging_target_path=str(staging), volume_capability=_mount()))
+        volume_id=fs.volume.volume_id, staging_target_path=str(staging), volume_capability=mount_cap()))
     await stubs.node.node_publish_volume(csi.NodePublishVolumeRequest(
         volume_id=fs.volume.volume_id, staging_target_path=str(staging), target_path=str(target),
-        volume_capability=_mount()))
+        volume_capability=mount_cap()))
     bstage = k / "plugins" / "block" / "staging"
     bstage.mkdir(parents=True)
     await stubs.node.node_stage_volume(csi.NodeStageVolumeRequest(
-        volume_id=blk.volume.volume_id, staging_target_path=str(bstage), volume_capability=_block()))
+        volume_id=blk.volume.volume_id, staging_target_path=str(bstage), volume_capability=block_cap()))
     return [fs.volume.volume_id, blk.volume.volume_id], [str(staging), str(target), str(bstage)]
-
-
-def _mount() -> csi.VolumeCapability:
-    return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="ext4"),
-                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
-
-
-def _block() -> csi.VolumeCapability:
-    return csi.VolumeCapability(block=csi.VolumeCapabilityBlockVolume(),
-                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
 
 
 async def run(examples: int, raw_examples: int, seed: int) -> PhaseResult:

@@ -22,21 +22,23 @@ import anyio
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from e2e.reliability.common import DOCUMENTED, MIB, NODE_ID, PhaseResult, ScratchNode, percentile, scratch_node
-from e2e.sim import host
+from e2e import leaks
+from e2e.reliability.common import DOCUMENTED, MIB, NODE_ID, THIN, PhaseResult, ScratchNode, mount_cap, scratch_node
 
 VOLUMES = 20
 IN_FLIGHT = 200
 SHARED_NEW_NAMES = 5
 CALL_TIMEOUT = 30.0
 RSS_GROWTH_LIMIT = 150 * MIB
-Mode = csi.VolumeCapabilityAccessModeMode
-THIN = {"loopfile.localcsi.dev/provisioning": "thin"}
 
 
-def _cap() -> csi.VolumeCapability:
-    return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type="ext4"),
-                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
 
 
 def rss_bytes(pid: int) -> int:
@@ -69,24 +71,24 @@ class Load:
         return {
             "CreateVolume(same)": lambda: c.create_volume(csi.CreateVolumeRequest(
                 name=f"load-{i}", capacity_range=csi.CapacityRange(required_bytes=32 * MIB),
-                volume_capabilities=[_cap()], parameters=THIN), timeout=CALL_TIMEOUT),
+                volume_capabilities=[mount_cap()], parameters=THIN), timeout=CALL_TIMEOUT),
             "CreateVolume(racing)": lambda: c.create_volume(csi.CreateVolumeRequest(
                 name=shared, capacity_range=csi.CapacityRange(required_bytes=16 * MIB),
-                volume_capabilities=[_cap()], parameters=THIN), timeout=CALL_TIMEOUT),
+                volume_capabilities=[mount_cap()], parameters=THIN), timeout=CALL_TIMEOUT),
             "ControllerGetVolume": lambda: c.controller_get_volume(
                 csi.ControllerGetVolumeRequest(volume_id=vid), timeout=CALL_TIMEOUT),
             "ListVolumes": lambda: c.list_volumes(csi.ListVolumesRequest(), timeout=CALL_TIMEOUT),
             "GetCapacity": lambda: c.get_capacity(csi.GetCapacityRequest(parameters=THIN), timeout=CALL_TIMEOUT),
             "ControllerPublishVolume": lambda: c.controller_publish_volume(csi.ControllerPublishVolumeRequest(
-                volume_id=vid, node_id=NODE_ID, volume_capability=_cap()), timeout=CALL_TIMEOUT),
+                volume_id=vid, node_id=NODE_ID, volume_capability=mount_cap()), timeout=CALL_TIMEOUT),
             "ControllerUnpublishVolume": lambda: c.controller_unpublish_volume(csi.ControllerUnpublishVolumeRequest(
                 volume_id=vid, node_id=NODE_ID), timeout=CALL_TIMEOUT),
             "NodeStageVolume": lambda: n.node_stage_volume(csi.NodeStageVolumeRequest(
-                volume_id=vid, staging_target_path=staging, volume_capability=_cap()), timeout=CALL_TIMEOUT),
+                volume_id=vid, staging_target_path=staging, volume_capability=mount_cap()), timeout=CALL_TIMEOUT),
             "NodeUnstageVolume": lambda: n.node_unstage_volume(csi.NodeUnstageVolumeRequest(
                 volume_id=vid, staging_target_path=staging), timeout=CALL_TIMEOUT),
             "NodePublishVolume": lambda: n.node_publish_volume(csi.NodePublishVolumeRequest(
-                volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=_cap()),
+                volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=mount_cap()),
                 timeout=CALL_TIMEOUT),
             "NodeUnpublishVolume": lambda: n.node_unpublish_volume(csi.NodeUnpublishVolumeRequest(
                 volume_id=vid, target_path=target), timeout=CALL_TIMEOUT),
@@ -152,7 +154,7 @@ async def run(seconds: float, seed: int) -> PhaseResult:
         for i in range(VOLUMES):
             resp = await stubs.controller.create_volume(csi.CreateVolumeRequest(
                 name=f"load-{i}", capacity_range=csi.CapacityRange(required_bytes=32 * MIB),
-                volume_capabilities=[_cap()], parameters=THIN))
+                volume_capabilities=[mount_cap()], parameters=THIN))
             assert resp.volume is not None
             ids.append(resp.volume.volume_id)
         assert node.driver.process is not None
@@ -176,8 +178,8 @@ async def run(seconds: float, seed: int) -> PhaseResult:
                      f"{len(set(names))} volumes exist; at most {VOLUMES + SHARED_NEW_NAMES} names were used")
         with anyio.fail_after(120):
             await teardown_all(load)
-        result.check(not host.mounts_under(node.kubelet_dir), f"mounts left: {host.mounts_under(node.kubelet_dir)}")
-        result.check(not host.loops_backed_under(node.data_dir), "loop devices left after teardown")
+        result.check(not leaks.mounts_under(node.kubelet_dir), f"mounts left: {leaks.mounts_under(node.kubelet_dir)}")
+        result.check(not leaks.loops_backed_under(node.data_dir), "loop devices left after teardown")
         left = sorted(p.name for p in node.data_dir.iterdir() if p.is_file())
         result.check(not left, f"files left after deleting every volume: {left}")
         growth = rss_after - rss_before

@@ -21,10 +21,10 @@ import anyio
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from e2e.reliability.common import MIB, PhaseResult, ScratchNode, log_lines, scratch_node
+from e2e import leaks
+from e2e.reliability.common import MIB, THIN, PhaseResult, ScratchNode, log_lines, mount_cap, scratch_node
 from e2e.sim import host
 
-Mode = csi.VolumeCapabilityAccessModeMode
 VOLUME_BYTES = 64 * MIB
 
 
@@ -93,11 +93,6 @@ SIGNATURES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-def _cap(fs_type: str) -> csi.VolumeCapability:
-    return csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume(fs_type=fs_type),
-                                access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER))
-
-
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -134,7 +129,7 @@ async def stage(node: ScratchNode, volume_id: str, tag: str, fs_type: str) -> tu
     await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
     try:
         await node.driver.client().node.node_stage_volume(csi.NodeStageVolumeRequest(
-            volume_id=volume_id, staging_target_path=str(staging), volume_capability=_cap(fs_type)), timeout=60)
+            volume_id=volume_id, staging_target_path=str(staging), volume_capability=mount_cap(fs_type)), timeout=60)
     except GRPCError as exc:
         return exc.status.name, exc.message or "", staging
     return "OK", "", staging
@@ -148,7 +143,7 @@ async def run() -> PhaseResult:
         for index, (name, (plant, fs_type)) in enumerate(SIGNATURES.items()):
             created = await stubs.controller.create_volume(csi.CreateVolumeRequest(
                 name=f"sig-{index}", capacity_range=csi.CapacityRange(required_bytes=VOLUME_BYTES),
-                volume_capabilities=[_cap("ext4")], parameters={"loopfile.localcsi.dev/provisioning": "thin"}))
+                volume_capabilities=[mount_cap("ext4")], parameters=THIN))
             assert created.volume is not None
             volume_id = created.volume.volume_id
             image = node.image(volume_id)
@@ -158,8 +153,8 @@ async def run() -> PhaseResult:
             after = await anyio.to_thread.run_sync(_digest, image)
             result.check(code == "FAILED_PRECONDITION", f"{name}: NodeStage answered {code} ({message})")
             result.check(before == after, f"{name}: the image changed: DATA WAS OVERWRITTEN")
-            result.check(host.mount_count(staging) == 0, f"{name}: the refused stage left a mount")
-            result.check(not [i for i in host.loops_backed_under(node.data_dir) if i.backing_file == str(image)],
+            result.check(leaks.mount_count(staging) == 0, f"{name}: the refused stage left a mount")
+            result.check(not [i for i in leaks.loops_backed_under(node.data_dir) if i.backing_file == str(image)],
                          f"{name}: the refused stage left the loop device attached")
             logged = await logged_refusal(node, volume_id)
             result.check(bool(logged), f"{name}: no WARNING log line says the device was refused")
@@ -167,7 +162,7 @@ async def run() -> PhaseResult:
             result.figures[name] = message[:160]
         created = await stubs.controller.create_volume(csi.CreateVolumeRequest(
             name="sig-blank", capacity_range=csi.CapacityRange(required_bytes=VOLUME_BYTES),
-            volume_capabilities=[_cap("ext4")], parameters={"loopfile.localcsi.dev/provisioning": "thin"}))
+            volume_capabilities=[mount_cap("ext4")], parameters=THIN))
         assert created.volume is not None
         code, message, staging = await stage(node, created.volume.volume_id, "blank", "ext4")
         result.check(code == "OK", f"control: a blank volume was not formatted and staged: {code} {message}")

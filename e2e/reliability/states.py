@@ -44,6 +44,7 @@ import anyio
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
+from e2e import leaks
 from e2e.reliability.common import (
     DRIVER_NAME,
     MIB,
@@ -303,9 +304,8 @@ async def loop_disks(count: int, size: int) -> AsyncIterator[Path]:
             (root / "dev" / f"disk-{index}").symlink_to(devices[-1])
         yield root
     finally:
-        for info in await anyio.to_thread.run_sync(host.attached_loops):
-            if info.backing_file in devices:
-                await host.arun(["losetup", "-d", info.device], check=False)
+        for info in await anyio.to_thread.run_sync(leaks.loops_backed_by, devices):
+            await host.arun(["losetup", "-d", info.device], check=False)
         for device in devices:
             await host.arun(["losetup", "-d", device], check=False)
         await anyio.to_thread.run_sync(force_clean, root)

@@ -12,12 +12,13 @@ from pathlib import Path
 import anyio
 
 from csi.gen.csi import v1 as csi
+from e2e import leaks
 from e2e.sim import host
 from e2e.sim.driver import Caller, DriverInstance
 from e2e.sim.kubelet import Kubelet, require_pv
 from e2e.sim.nodes import SimNode
 from e2e.sim.objects import Claim, Pod, StorageClass, VolumeMode
-from e2e.sim.profiles import GIB, MIB, BackendProfile
+from e2e.sim.profiles import GIB, MIB, BackendProfile, mismatches
 from e2e.sim.roles import Attacher, Provisioner, Reschedule, Resizer, Scheduler, Snapshotter, Unschedulable
 from e2e.sim.stats import Stats
 
@@ -25,6 +26,10 @@ DRIVER_NAME = "localcsi.dev"
 #: Storage per node: unequal on purpose so capacity-aware placement has something to decide.
 NODE_CAPACITIES = {"node-a": 2 * GIB, "node-b": 1 * GIB}
 SCHEDULING_ATTEMPTS = 5
+
+
+class CapabilityMismatch(AssertionError):
+    """A driver advertises other capabilities than the profile declares."""
 
 
 @dataclass
@@ -58,7 +63,9 @@ class Cluster:
         controller_root = self.root / "controller"
         await anyio.Path(controller_root).mkdir(parents=True)
         self.controller = DriverInstance(controller_root, ["--mode", "controller", "--node-id", "sim-controller",
-                                                           "--driver-name", DRIVER_NAME], self.stats)
+                                                           "--driver-name", DRIVER_NAME,
+                                                           *self.profile.controller_args()],
+                                         self.stats, self.profile.deadlines.start_seconds)
         for name, capacity in NODE_CAPACITIES.items():
             self.nodes[name] = await self._new_node(name, capacity)
             self.provisioners[name] = Provisioner(self.nodes[name], self.caller, DRIVER_NAME)
@@ -68,6 +75,7 @@ class Cluster:
             tg.start_soon(self.controller.start)
             for node in self.nodes.values():
                 tg.start_soon(self._start_node, node)
+        await self._check_capabilities()
         multi_writer = all(p.multi_writer for p in self.provisioners.values())
         self.attacher = Attacher(self.controller, self.caller, multi_writer)
         self.resizer = Resizer(self.controller, self.caller, multi_writer)
@@ -77,10 +85,24 @@ class Cluster:
             await self.kubelets[name].register()
             self.snapshotters[name] = Snapshotter(node, self.caller)
 
+    async def _check_capabilities(self) -> None:
+        """Every driver advertises exactly what the profile declares, or no scenario runs on this cluster."""
+        assert self.caller is not None and self.controller is not None
+        found = [f"{name}: {m}" for name, p in self.provisioners.items()
+                 for m in mismatches(self.profile, p.controller_caps)]
+        caps = await self.caller.call(
+            self.controller, "ControllerGetCapabilities",
+            lambda s: s.controller.controller_get_capabilities(csi.ControllerGetCapabilitiesRequest()))
+        advertised = {c.rpc.type for c in caps.capabilities if c.rpc is not None}
+        found += [f"controller: {m}" for m in mismatches(self.profile, advertised, controller_mode=True)]
+        if found:
+            raise CapabilityMismatch("; ".join(found))
+
     async def _new_node(self, name: str, capacity: int) -> SimNode:
         root = self.root / name
         await anyio.Path(root / "kubelet").mkdir(parents=True)
-        return SimNode(name, root, capacity, DriverInstance(root, [], self.stats), many_volumes=self.many_volumes)
+        driver = DriverInstance(root, [], self.stats, self.profile.deadlines.start_seconds)
+        return SimNode(name, root, capacity, driver, many_volumes=self.many_volumes)
 
     async def _start_node(self, node: SimNode) -> None:
         await self.profile.prepare(node)
@@ -185,15 +207,7 @@ class Cluster:
         block_dir = kubelet.root / "plugins" / DRIVER_NAME / "block"
         expected += [block_dir / pv.volume_handle for pv in kubelet.staged.values()
                      if pv.volume_mode is VolumeMode.BLOCK]
-        found = []
-        points = host.mounts_under(kubelet.root)
-        for point in sorted(set(points)):
-            inside = any(Path(point) == p or Path(point).is_relative_to(p) for p in expected)
-            if not inside:
-                found.append(f"{kubelet.node.name}: stray mount {point}")
-            elif points.count(point) > 1:
-                found.append(f"{kubelet.node.name}: {points.count(point)} mounts stacked at {point}")
-        return found
+        return [f"{kubelet.node.name}: {leak}" for leak in leaks.stray_mounts(kubelet.root, expected)]
 
     # -- teardown -------------------------------------------------------------------------------------------
     async def teardown(self) -> None:
@@ -236,7 +250,7 @@ async def running_cluster(profile: BackendProfile, stats: Stats, rng: random.Ran
 def _remove_tree(root: Path) -> None:
     import shutil
 
-    if not host.mounts_under(root):
+    if not leaks.mounts_under(root):
         shutil.rmtree(root, ignore_errors=True)
 
 

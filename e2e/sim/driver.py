@@ -24,6 +24,7 @@ from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from csi.gen.csi import v1 as csi
+from e2e.sim.deadlines import Deadlines
 from e2e.sim.stats import Stats
 
 T = TypeVar("T")
@@ -31,7 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 RETRYABLE = frozenset({"ABORTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"})
 #: A per-call deadline for callers that want one (e2e/reliability uses it); the harness's roles set none.
 CALL_TIMEOUT = 30.0
-START_TIMEOUT = 30.0
 
 
 class CallFailed(Exception):
@@ -68,6 +68,8 @@ class DriverInstance:
     root: Path
     argv_tail: list[str]
     stats: Stats
+    #: How long :meth:`start` waits for the socket to answer (the profile's deadlines stretch it under TCG).
+    start_seconds: float = Deadlines().start_seconds
     process: Process | None = None
     stubs: Stubs | None = None
     _log: IO[bytes] | None = None
@@ -89,7 +91,7 @@ class DriverInstance:
         self._log = self.log_path.open("ab")
         self.process = await anyio.open_process(self.argv(), stdin=None, stdout=self._log, stderr=self._log,
                                                 cwd=REPO, start_new_session=True)
-        with anyio.fail_after(START_TIMEOUT):
+        with anyio.fail_after(self.start_seconds):
             while not await anyio.to_thread.run_sync(self._answers):
                 if self.process.returncode is not None:
                     raise RuntimeError(f"driver exited with {self.process.returncode}:\n{self.log_tail()}")

@@ -3,32 +3,91 @@
 A profile owns everything backend-specific in the harness; scenarios and roles
 never name a backend. Add a backend by writing one class and registering it in
 :data:`PROFILES`.
+
+A profile also declares, for every :class:`Capability`, whether the backend (with
+the flags the profile gives it) has it. The cluster checks at start-up that the
+drivers advertise exactly what the profile expects, so a capability the driver
+stops advertising fails every scenario instead of quietly skipping the one that
+needs it; a scenario skips only for a capability its profile declares absent.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import enum
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import anyio
 
 from backends.ids import is_snapshot_id, is_volume_id
+from csi.gen.csi import v1 as csi
+from e2e import leaks
 from e2e.sim import host
+from e2e.sim.deadlines import Deadlines
 from e2e.sim.nodes import SimNode
 
 MIB = 1 << 20
 GIB = 1 << 30
-REPO = Path(__file__).resolve().parents[2]
+CRpc = csi.ControllerServiceCapabilityRpcType
+
+
+class Capability(enum.Enum):
+    """What a scenario may need of the driver beyond the basics."""
+
+    ONLINE_EXPANSION = "online expansion"
+    SNAPSHOTS = "snapshots"
+    CLONES = "clones"
+    BLOCK = "raw block volumes"
+
+    @property
+    def rpc(self) -> CRpc | None:
+        """The controller capability that advertises it (None: the driver says so only by serving it)."""
+        return _ADVERTISED_BY.get(self)
+
+    @property
+    def in_controller_mode(self) -> bool:
+        """Whether a ``--mode controller`` instance (the resizer's) advertises it too."""
+        return self is Capability.ONLINE_EXPANSION
+
+
+_ADVERTISED_BY = {
+    Capability.ONLINE_EXPANSION: CRpc.EXPAND_VOLUME,
+    Capability.SNAPSHOTS: CRpc.CREATE_DELETE_SNAPSHOT,
+    Capability.CLONES: CRpc.CLONE_VOLUME,
+}
+
+
+def mismatch(profile: BackendProfile, capability: Capability, advertised: set[CRpc], *,
+             controller_mode: bool = False) -> str:
+    """How one driver's advertised controller capabilities contradict ``profile`` on ``capability`` ('' if not)."""
+    rpc = capability.rpc
+    if rpc is None or (controller_mode and not capability.in_controller_mode):
+        return ""
+    expected = profile.capabilities[capability]
+    if expected and rpc not in advertised:
+        return f"the driver lacks {rpc.name} ({capability.value}), which the {profile.name} profile expects"
+    if not expected and rpc in advertised:
+        return (f"the driver advertises {rpc.name} ({capability.value}), which the {profile.name} profile declares "
+                "absent: declare it")
+    return ""
+
+
+def mismatches(profile: BackendProfile, advertised: set[CRpc], *, controller_mode: bool = False) -> list[str]:
+    found = (mismatch(profile, c, advertised, controller_mode=controller_mode) for c in Capability)
+    return [m for m in found if m]
 
 
 class BackendProfile(Protocol):
     name: ClassVar[str]
     #: StorageClass parameters the scenarios use (the deploy overlay's, minus the fstype).
     parameters: ClassVar[dict[str, str]]
+    #: Every :class:`Capability`: expected (True) or declared absent (False) with the flags the profile gives.
+    capabilities: ClassVar[Mapping[Capability, bool]]
+    #: How long the harness waits for this run's drivers and scenarios.
+    deadlines: Deadlines
 
     def unavailable_reason(self) -> str:
         """Why this backend cannot run here ('' when it can)."""
@@ -37,6 +96,9 @@ class BackendProfile(Protocol):
         """Create the node's storage (tmpfs budget, disks, a VG) before its driver starts."""
 
     def driver_args(self, node: SimNode) -> list[str]: ...
+
+    def controller_args(self) -> list[str]:
+        """The flags of the cluster-wide ``--mode controller`` instance: the backend, and what decides its features."""
 
     async def reboot(self, node: SimNode) -> None:
         """After the driver was killed: drop what a reboot drops besides mounts (loop devices, LV activation)."""
@@ -54,12 +116,20 @@ async def mount_tmpfs(path: Path, size_bytes: int) -> None:
 
 
 async def unmount_tmpfs(path: Path) -> None:
-    if await anyio.to_thread.run_sync(host.mount_count, path):
+    if await anyio.to_thread.run_sync(leaks.mount_count, path):
         await host.arun(["umount", "-l", str(path)], check=False)
 
 
 async def detach_loops_under(directory: Path) -> list[str]:
-    loops = await anyio.to_thread.run_sync(host.loops_backed_under, directory)
+    return await detach(await anyio.to_thread.run_sync(leaks.loops_backed_under, directory))
+
+
+async def detach_loops_over(disks: list[str]) -> list[str]:
+    """Detach what a driver layered over these disks (loop devices over a partition range)."""
+    return await detach(await anyio.to_thread.run_sync(leaks.loops_backed_by, disks))
+
+
+async def detach(loops: list[leaks.LoopDevice]) -> list[str]:
     for info in loops:
         await host.arun(["losetup", "-d", info.device], check=False)
     return [info.device for info in loops]
@@ -90,6 +160,8 @@ def _volume_id_of(path: str) -> str:
 class LoopfileProfile:
     name: ClassVar[str] = "loopfile"
     parameters: ClassVar[dict[str, str]] = {"loopfile.localcsi.dev/provisioning": "thin"}
+    capabilities: ClassVar[Mapping[Capability, bool]] = dict.fromkeys(Capability, True)
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     def unavailable_reason(self) -> str:
         return "" if Path("/dev/loop-control").exists() else "no /dev/loop-control"
@@ -103,12 +175,15 @@ class LoopfileProfile:
     def driver_args(self, node: SimNode) -> list[str]:
         return ["--backend", "loopfile", "--loopfile-dir", str(self.data_dir(node))]
 
+    def controller_args(self) -> list[str]:
+        return ["--backend", "loopfile"]
+
     async def reboot(self, node: SimNode) -> None:
         await detach_loops_under(self.data_dir(node))
 
     async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
         found = []
-        for info in await anyio.to_thread.run_sync(host.loops_backed_under, node.storage_dir):
+        for info in await anyio.to_thread.run_sync(leaks.loops_backed_under, node.storage_dir):
             if _volume_id_of(info.backing_file) not in staged:
                 found.append(f"{node.name}: loop device {info.device} backs {info.backing_file}, which is not staged")
         directory = self.data_dir(node)
@@ -136,6 +211,9 @@ class RawdiskProfile:
 
     name: ClassVar[str] = "rawdisk"
     parameters: ClassVar[dict[str, str]] = {}
+    #: A disk cannot grow; clones copy onto another disk; snapshots live in the snapshot directory it is given.
+    capabilities: ClassVar[Mapping[Capability, bool]] = {**dict.fromkeys(Capability, True),
+                                                         Capability.ONLINE_EXPANSION: False}
     large_shares: ClassVar[tuple[float, ...]] = (0.40, 0.25, 0.15)
     small_disks: ClassVar[int] = 4
     small_disks_many: ClassVar[int] = 50
@@ -143,10 +221,9 @@ class RawdiskProfile:
     pair_bytes: ClassVar[int] = 100 * MIB
     #: Room for snapshot images (sparse: they cost the data the scenarios wrote).
     snapshot_room: ClassVar[int] = 128 * MIB
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     def unavailable_reason(self) -> str:
-        if not (REPO / "backends" / "rawdisk" / "backend.py").exists():
-            return "backends/rawdisk/backend.py is not written yet"
         return "" if Path("/dev/loop-control").exists() else "no /dev/loop-control"
 
     def disk_sizes(self, node: SimNode) -> list[int]:
@@ -172,40 +249,34 @@ class RawdiskProfile:
 
     async def reboot(self, node: SimNode) -> None:
         # The disks stay; anything the driver layered on them (loop devices over a partition range) goes.
-        disks = set(node.resources.get("disks", []))
-        for info in await anyio.to_thread.run_sync(host.attached_loops):
-            if info.backing_file in disks:
-                await host.arun(["losetup", "-d", info.device], check=False)
+        await detach_loops_over(node.resources.get("disks", []))
+
+    def controller_args(self) -> list[str]:
+        return ["--backend", "rawdisk"]  # as the deploy overlay: a controller-mode instance serves no snapshots
 
     def snapshot_dir(self, node: SimNode) -> Path:
         return node.storage_dir / "snapshots"
 
-    async def _claimed(self, disk: str) -> bool:
-        out = await host.arun(["blkid", "-p", "-o", "export", disk], check=False)
-        return bool(out.strip())
-
     async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
         disks = node.resources.get("disks", [])
-        claimed = [d for d in disks if await self._claimed(d)]
-        volumes = [o for o in owned if is_volume_id(o)]
-        found = []
-        if len(claimed) > len(volumes):
-            found.append(f"{node.name}: {len(claimed)} disks carry signatures but only {len(volumes)} volumes live")
+        signed = await anyio.to_thread.run_sync(leaks.signed_disks, disks)
+        claimed = await anyio.to_thread.run_sync(leaks.claimed_disks, signed)
+        found = [f"{node.name}: disk {disk} is claimed by {volume_id!r}, which is not a live volume"
+                 for disk, volume_id in sorted(claimed.items()) if volume_id not in owned]
+        found += [f"{node.name}: disk {disk} has a signature but no claim" for disk in signed if disk not in claimed]
         directory = self.snapshot_dir(node)
         for path in await anyio.to_thread.run_sync(_files_under, directory):
             stem = path.name.rsplit(".", 1)[0]
             if not (is_snapshot_id(stem) and stem in owned):
                 found.append(f"{node.name}: snapshot file {path.name} belongs to no live snapshot")
-        for info in await anyio.to_thread.run_sync(host.attached_loops):
-            if info.backing_file in disks and not staged:
+        if not staged:
+            for info in await anyio.to_thread.run_sync(leaks.loops_backed_by, disks):
                 found.append(f"{node.name}: loop device {info.device} over disk {info.backing_file} with none staged")
         return found
 
     async def teardown(self, node: SimNode) -> None:
-        disks = set(node.resources.get("disks", []))
-        for info in await anyio.to_thread.run_sync(host.attached_loops):
-            if info.backing_file in disks:
-                await host.arun(["losetup", "-d", info.device], check=False)
+        disks = node.resources.get("disks", [])
+        await detach_loops_over(disks)
         for disk in disks:
             await host.arun(["losetup", "-d", disk], check=False)
         await unmount_tmpfs(node.storage_dir)
@@ -223,12 +294,13 @@ class LvmProfile:
 
     name: ClassVar[str] = "lvm"
     parameters: ClassVar[dict[str, str]] = {}
+    #: With a thin pool: thin volumes, so snapshots and clones too.
+    capabilities: ClassVar[Mapping[Capability, bool]] = dict.fromkeys(Capability, True)
     pool: ClassVar[str] = "pool"
     pool_share: ClassVar[float] = 0.75
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     def unavailable_reason(self) -> str:
-        if not (REPO / "backends" / "lvm" / "backend.py").exists():
-            return "backends/lvm/backend.py is not written yet"
         if not kernel_has_device_mapper():
             return "this kernel lacks device-mapper (no device-mapper in /proc/misc); run it in the kernel lane"
         return ""
@@ -254,26 +326,18 @@ class LvmProfile:
     def driver_args(self, node: SimNode) -> list[str]:
         return ["--backend", "lvm", "--lvm-vg", self.vg_name(node), "--lvm-thinpool", self.pool]
 
+    def controller_args(self) -> list[str]:
+        return ["--backend", "lvm", "--lvm-thinpool", self.pool]  # the VG is the nodes' business
+
     async def reboot(self, node: SimNode) -> None:
         await host.arun(["vgchange", "-q", "-an", self.vg_name(node)], check=False)
 
-    async def _lvs(self, node: SimNode) -> list[dict[str, str]]:
-        out = await host.arun(["lvs", "--reportformat", "json", "-o", "lv_name,lv_active,lv_tags",
-                               self.vg_name(node)], check=False)
-        try:
-            report = json.loads(out)["report"][0]["lv"]
-        except (ValueError, KeyError, IndexError):
-            return []
-        return [dict(lv) for lv in report]
-
     async def leaks(self, node: SimNode, owned: set[str], staged: set[str]) -> list[str]:
         found = []
-        for lv in await self._lvs(node):
-            name = lv.get("lv_name", "")
-            if (is_volume_id(name) or is_snapshot_id(name)) and name not in owned:
+        for name, lv in sorted((await anyio.to_thread.run_sync(leaks.volume_lvs, self.vg_name(node))).items()):
+            if name not in owned:
                 found.append(f"{node.name}: LV {name} belongs to no live volume or snapshot")
-            elif lv.get("lv_active") == "active" and (is_volume_id(name) or is_snapshot_id(name)) \
-                    and name not in staged:
+            elif lv.get("lv_active") == "active" and name not in staged:
                 found.append(f"{node.name}: LV {name} is active but not staged")
         return found
 
@@ -294,31 +358,10 @@ PROFILES: dict[str, type[LoopfileProfile] | type[RawdiskProfile] | type[LvmProfi
 }
 
 
-#: Under qemu TCG (the kernel lane, LOCALCSI_VMTEST=1) a Python driver starts and answers about ten times
-#: slower than on the host: the harness's start and scenario deadlines stretch by this factor there.
-TCG_DEADLINE_SCALE = 4.0
-_BASE_DEADLINES: dict[str, float] = {}
-
-
-def scale_deadlines_for_tcg() -> float:
-    """Stretch the harness's deadlines when running under TCG; return the factor in force (1.0 elsewhere).
-
-    The deadlines are module constants of ``e2e.sim.driver`` and ``e2e.sim.runner`` read at each use;
-    they are set from their original values, so calling this again changes nothing.
-    """
-    from e2e.sim import driver, runner  # here, not at import: runner imports this module
-
-    factor = TCG_DEADLINE_SCALE if os.environ.get("LOCALCSI_VMTEST") == "1" else 1.0
-    _BASE_DEADLINES.setdefault("start", driver.START_TIMEOUT)
-    _BASE_DEADLINES.setdefault("scenario", runner.SCENARIO_TIMEOUT)
-    driver.START_TIMEOUT = _BASE_DEADLINES["start"] * factor
-    runner.SCENARIO_TIMEOUT = _BASE_DEADLINES["scenario"] * factor
-    return factor
-
-
-def profile_for(name: str) -> BackendProfile:
-    scale_deadlines_for_tcg()
+def profile_for(name: str, deadlines: Deadlines | None = None) -> BackendProfile:
+    """The profile of backend ``name``, with the deadlines of this environment (stretched under TCG) unless given."""
     try:
-        return PROFILES[name]()
+        kind = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(PROFILES)}") from None
+    return kind(deadlines=deadlines or Deadlines.for_environment())

@@ -14,16 +14,6 @@ from e2e.sim.profiles import BackendProfile
 from e2e.sim.scenarios import MANY_VOLUMES, SCENARIOS, Skip
 from e2e.sim.stats import ScenarioResult, Stats
 
-SCENARIO_TIMEOUT = 150.0
-#: Scenarios that make many volumes get this many times the budget: under qemu TCG every LVM command of a
-#: burst of 100 concurrent claims costs a second or more of emulated CPU, and the creates serialise on the pool.
-MANY_VOLUMES_TIMEOUT_FACTOR = 2.0
-
-
-def scenario_timeout(name: str) -> float:
-    """The deadline for one scenario's body (and, separately, for its cleanup)."""
-    return SCENARIO_TIMEOUT * (MANY_VOLUMES_TIMEOUT_FACTOR if name in MANY_VOLUMES else 1.0)
-
 
 async def run_one(profile: BackendProfile, name: str, stats: Stats, rng: random.Random,
                   keep: bool = False) -> ScenarioResult:
@@ -31,11 +21,12 @@ async def run_one(profile: BackendProfile, name: str, stats: Stats, rng: random.
     outcome, detail = "passed", ""
     leaks: tuple[str, ...] = ()
     setup = 0.0
+    deadline = profile.deadlines.scenario(many_volumes=name in MANY_VOLUMES)
     try:
         async with running_cluster(profile, stats, rng, keep, many_volumes=name in MANY_VOLUMES) as cluster:
             setup = time.monotonic() - started
             try:
-                with anyio.fail_after(scenario_timeout(name)):
+                with anyio.fail_after(deadline):
                     detail = await SCENARIOS[name](cluster)
             except Skip as exc:
                 outcome, detail = "skipped", str(exc)
@@ -44,7 +35,7 @@ async def run_one(profile: BackendProfile, name: str, stats: Stats, rng: random.
                 logger.error("scenario {} failed:\n{}", name, traceback.format_exc())
                 cluster.keep_root = True
                 _log_driver_tails(cluster)
-            leaks = tuple(await _cleanup_and_check(cluster, scenario_timeout(name)))
+            leaks = tuple(await _cleanup_and_check(cluster, deadline))
             if leaks:
                 outcome = "failed"
                 cluster.keep_root = True

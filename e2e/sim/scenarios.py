@@ -18,14 +18,15 @@ import anyio
 
 from backends.ids import volume_id_for
 from csi.gen.csi import v1 as csi
-from e2e.sim import host, workload
+from e2e import leaks
+from e2e.sim import workload
 from e2e.sim.cluster import Cluster
 from e2e.sim.driver import Caller, CallFailed, Stubs
 from e2e.sim.kubelet import require_pv
 from e2e.sim.nodes import SimNode
 from e2e.sim.objects import Claim, Pod, StorageClass, VolumeMode
-from e2e.sim.profiles import MIB
-from e2e.sim.roles import CRpc, Unschedulable
+from e2e.sim.profiles import MIB, Capability, mismatch
+from e2e.sim.roles import Unschedulable
 
 Scenario = Callable[[Cluster], Awaitable[str]]
 SCENARIOS: dict[str, Scenario] = {}
@@ -39,7 +40,7 @@ class ScenarioFailure(AssertionError):
 
 
 class Skip(Exception):
-    """The scenario does not apply to this backend; the message names the missing capability."""
+    """The scenario needs a capability the profile declares absent; the message names it."""
 
 
 def scenario(name: str) -> Callable[[Scenario], Scenario]:
@@ -68,12 +69,26 @@ async def listed_ids(cluster: Cluster, node: SimNode) -> set[str]:
 
 
 async def assert_no_leaks(cluster: Cluster, when: str) -> None:
-    leaks = await cluster.leaks()
-    check(not leaks, f"leaks {when}: {leaks}")
+    found = await cluster.leaks()
+    check(not found, f"leaks {when}: {found}")
+
+
+def require(cluster: Cluster, capability: Capability) -> None:
+    """Go on when the profile expects ``capability``; skip only when the profile declares it absent.
+
+    A capability the profile expects but the driver does not advertise fails (the cluster's start-up check
+    already did; this is the scenario's own word on it), never skips.
+    """
+    for name, provisioner in cluster.provisioners.items():
+        problem = mismatch(cluster.profile, capability, provisioner.controller_caps)
+        if problem:
+            raise ScenarioFailure(f"{name}: {problem}")
+    if not cluster.profile.capabilities[capability]:
+        raise Skip(f"the {cluster.profile.name} profile declares no {capability.value}")
 
 
 def single_mount(path: Path) -> None:
-    count = host.mount_count(path)
+    count = leaks.mount_count(path)
     check(count == 1, f"{path} is mounted {count} times, expected exactly once")
 
 
@@ -88,7 +103,7 @@ async def statefulset(cluster: Cluster) -> str:
     stats = await cluster.kubelets[pod.node].volume_stats(pod, pv)
     check(stats.volume_condition is None or not stats.volume_condition.abnormal, "published volume reported abnormal")
     await cluster.delete_pod(pod)
-    check(not host.mounts_under(cluster.nodes[pv.node].kubelet_dir), "mounts remain after the pod went away")
+    check(not leaks.mounts_under(cluster.nodes[pv.node].kubelet_dir), "mounts remain after the pod went away")
     again = Pod("web-0", [claim])
     paths = await cluster.start_pod(again)
     check(again.node == pv.node, f"recreated pod landed on {again.node}, its volume lives on {pv.node}")
@@ -190,7 +205,7 @@ async def misrouted_stage(cluster: Cluster, claim: Claim, elsewhere: str) -> Non
         raise ScenarioFailure(f"{elsewhere} staged a volume that lives on {pv.node}")
     except CallFailed as exc:
         check(exc.code == "NOT_FOUND", f"staging a foreign volume answered {exc.code}, expected NOT_FOUND")
-    check(host.mount_count(kubelet.staging_path(pv)) == 0, f"the refused stage left a mount on {elsewhere}")
+    check(leaks.mount_count(kubelet.staging_path(pv)) == 0, f"the refused stage left a mount on {elsewhere}")
     await cluster.attacher.detach(pv, node_b)
     staging = anyio.Path(kubelet.staging_path(pv))
     await staging.rmdir()
@@ -201,6 +216,7 @@ async def misrouted_stage(cluster: Cluster, claim: Claim, elsewhere: str) -> Non
 # -- 3. block volumes --------------------------------------------------------------------------------------------
 @scenario("block-volume")
 async def block_volume(cluster: Cluster) -> str:
+    require(cluster, Capability.BLOCK)
     claim = cluster.new_claim("raw", 32 * MIB, volume_mode=VolumeMode.BLOCK)
     pod = Pod("db-0", [claim])
     paths = await cluster.start_pod(pod)
@@ -238,8 +254,7 @@ async def read_only(cluster: Cluster) -> str:
 @scenario("online-expansion")
 async def online_expansion(cluster: Cluster) -> str:
     assert cluster.resizer is not None
-    if CRpc.EXPAND_VOLUME not in cluster.provisioners["node-a"].controller_caps:
-        raise Skip("driver does not advertise EXPAND_VOLUME")
+    require(cluster, Capability.ONLINE_EXPANSION)
     claim = cluster.new_claim("growing", 320 * MIB, fs_type="xfs")
     pod = Pod("logger", [claim])
     paths = await cluster.start_pod(pod)
@@ -282,8 +297,7 @@ async def online_expansion(cluster: Cluster) -> str:
 # -- 6. snapshot and restore -------------------------------------------------------------------------------------
 @scenario("snapshot-restore")
 async def snapshot_restore(cluster: Cluster) -> str:
-    if CRpc.CREATE_DELETE_SNAPSHOT not in cluster.provisioners["node-a"].controller_caps:
-        raise Skip(f"driver does not advertise CREATE_DELETE_SNAPSHOT (backend {cluster.profile.name})")
+    require(cluster, Capability.SNAPSHOTS)
     claim = cluster.new_claim("source", 64 * MIB)
     pod = Pod("source-user", [claim])
     paths = await cluster.start_pod(pod)
@@ -334,22 +348,29 @@ async def burst(cluster: Cluster) -> str:
     return f"100 claims placed {placed} and deleted concurrently"
 
 
+async def pod_with_both_kinds(cluster: Cluster, pod_name: str, names: tuple[str, str],
+                              seed: int) -> tuple[Pod, list[Claim], list[workload.Written]]:
+    """A pod with a filesystem and a raw block claim, each written to once (seeds ``seed``, ``seed + 1``)."""
+    claims = [cluster.new_claim(names[0], 64 * MIB),
+              cluster.new_claim(names[1], 32 * MIB, volume_mode=VolumeMode.BLOCK)]
+    pod = Pod(pod_name, claims)
+    paths = await cluster.start_pod(pod)
+    written = [await workload.write(paths[claim.name], block=claim.volume_mode is VolumeMode.BLOCK, seed=seed + i)
+               for i, claim in enumerate(claims)]
+    return pod, claims, written
+
+
 # -- 8. node reboot ----------------------------------------------------------------------------------------------
 @scenario("node-reboot")
 async def node_reboot(cluster: Cluster) -> str:
-    fs_claim = cluster.new_claim("state", 64 * MIB)
-    block_claim = cluster.new_claim("journal", 32 * MIB, volume_mode=VolumeMode.BLOCK)
-    pod = Pod("db-0", [fs_claim, block_claim])
-    paths = await cluster.start_pod(pod)
-    fs_data = await workload.write(paths[fs_claim.name], block=False, seed=801)
-    block_data = await workload.write(paths[block_claim.name], block=True, seed=802)
+    pod, claims, written = await pod_with_both_kinds(cluster, "db-0", ("state", "journal"), 801)
     node = cluster.nodes[pod.node]
     await cluster.reboot(node)
     kubelet = cluster.kubelets[node.name]
-    for claim in (fs_claim, block_claim):
+    for claim in claims:
         single_mount(kubelet.target_path(pod, require_pv(claim)))
-    await workload.verify(fs_data, cluster.stats)
-    await workload.verify(block_data, cluster.stats)
+    for data in written:
+        await workload.verify(data, cluster.stats)
     await assert_no_leaks(cluster, "after the reboot")
     return f"{node.name} rebooted; both volumes re-staged with data intact"
 
@@ -358,25 +379,19 @@ async def node_reboot(cluster: Cluster) -> str:
 @scenario("kubelet-restart")
 async def kubelet_restart(cluster: Cluster) -> str:
     assert cluster.attacher is not None
-    fs_claim = cluster.new_claim("cache", 64 * MIB)
-    block_claim = cluster.new_claim("raw", 32 * MIB, volume_mode=VolumeMode.BLOCK)
-    pod = Pod("app-0", [fs_claim, block_claim])
-    paths = await cluster.start_pod(pod)
-    fs_data = await workload.write(paths[fs_claim.name], block=False, seed=901)
-    block_data = await workload.write(paths[block_claim.name], block=True, seed=902)
+    pod, claims, written = await pod_with_both_kinds(cluster, "app-0", ("cache", "raw"), 901)
     kubelet = cluster.kubelets[pod.node]
     repeated = 0
     for _ in range(2):
         cluster.stats.fault("kubelet restart")
         repeated += await kubelet.restart([pod])
         await cluster.attacher.resync()
-        for claim in (fs_claim, block_claim):
-            pv = require_pv(claim)
-            single_mount(kubelet.target_path(pod, pv))
-        single_mount(kubelet.staging_path(require_pv(fs_claim)))
+        for claim in claims:
+            single_mount(kubelet.target_path(pod, require_pv(claim)))
+        single_mount(kubelet.staging_path(require_pv(claims[0])))
         await assert_no_leaks(cluster, "after a kubelet restart")
-    await workload.verify(fs_data, cluster.stats)
-    await workload.verify(block_data, cluster.stats)
+    for data in written:
+        await workload.verify(data, cluster.stats)
     return f"{repeated} stage/publish calls repeated, no stacked mounts"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 
+from e2e.files import read_at, write_at, write_file
 from e2e.sim.stats import Stats
 
 MIB = 1 << 20
@@ -37,24 +38,13 @@ def _payload(seed: int, length: int) -> bytes:
 
 def _write(path: Path, block: bool, data: bytes, name: str, offset: int) -> None:
     if block:
-        fd = os.open(path, os.O_WRONLY)
+        write_at(path, offset, data)
     else:
-        fd = os.open(path / name, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-        offset = 0
-    try:
-        os.pwrite(fd, data, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_file(path / name, data)
 
 
 def _read(written: Written) -> bytes:
-    target = written.path if written.block else written.path / written.name
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        return os.pread(fd, written.length, written.offset)
-    finally:
-        os.close(fd)
+    return read_at(written.path if written.block else written.path / written.name, written.offset, written.length)
 
 
 async def write(path: Path, *, block: bool, seed: int, length: int = MIB, name: str = "data.bin",

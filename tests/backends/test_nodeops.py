@@ -11,23 +11,24 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from csi.gen.csi import v1 as csi
-from tests.lifecycle import (
+from e2e.leaks import loops_backed_under, mounts_under
+from tests.lifecycle import expect as expect_error
+from tests.nodepaths import (
     UNKNOWN_ID,
     Volume,
     assert_foreign_intact,
-    expect,
     foreign_tmpfs,
     is_mount_point,
     kubelet_driver,
 )
-from tests.support import MIB, DriverProcess, block_cap, connect, loops_backed_by, mount_cap, mounts_under, serving
+from tests.support import MIB, DriverProcess, block_cap, connect, mount_cap
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
 Mode = csi.VolumeCapabilityAccessModeMode
@@ -37,12 +38,18 @@ THIN = {"loopfile.localcsi.dev/provisioning": "thin"}
 
 @pytest.fixture
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriverProcess]:
-    yield from serving(kubelet_driver(tmp_path_factory.mktemp("nodeops")))
+    with kubelet_driver(tmp_path_factory.mktemp("nodeops")).running() as proc:
+        yield proc
+
+
+async def expect(status: Status, call: Awaitable[object]) -> str:
+    """The message of the error ``call`` must fail with."""
+    return (await expect_error(status, call)).message or ""
 
 
 def assert_nothing_left(driver: DriverProcess) -> None:
     assert mounts_under(driver.root) == []
-    assert loops_backed_by(driver.data_dir) == []
+    assert loops_backed_under(driver.data_dir) == []
 
 
 # ---- 1: the block bind file lives where no workload can own a file of that name ---------------------------------
@@ -202,7 +209,7 @@ async def test_a_stage_onto_a_foreign_mount_creates_nothing(driver: DriverProces
             assert "tmpfs" in message
             assert sorted(p.name for p in foreign.iterdir()) == ["precious"]
             assert_foreign_intact(foreign)
-            assert loops_backed_by(driver.data_dir) == []
+            assert loops_backed_under(driver.data_dir) == []
             await expect(FP, vol.unstage())  # and unstage keeps its hands off it too
             assert_foreign_intact(foreign)
         await vol.stage()  # once the path is free the volume stages as usual
@@ -274,7 +281,7 @@ async def test_a_read_only_stage_of_a_blank_volume_says_it_has_no_filesystem(dri
         vol = await Volume(c, driver, "pvc-blank-ro", mount_cap(mode=Mode.SINGLE_NODE_READER_ONLY)).create()
         message = await expect(FP, c.node.node_stage_volume(vol.stage_request()))
         assert "no filesystem" in message
-        assert loops_backed_by(driver.data_dir) == []
+        assert loops_backed_under(driver.data_dir) == []
         assert not is_mount_point(vol.staging)
 
 
@@ -288,7 +295,7 @@ async def test_a_stage_whose_image_is_missing_names_the_cause(driver: DriverProc
         assert info.value.status in (FP, NF), f"{info.value.status.name}: {info.value.message}"
         message = info.value.message or ""
         assert vol.volume_id in message and ("is missing" in message or "does not exist" in message), message
-        assert loops_backed_by(driver.data_dir) == []
+        assert loops_backed_under(driver.data_dir) == []
 
 
 # ---- an upgrade: a block volume an earlier driver staged at <staging>/device -------------------------------------

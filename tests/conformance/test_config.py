@@ -1,4 +1,4 @@
-"""The conformance suite's own plumbing: sizes, parameters, endpoints, the CLI's pytest argv, JUnit counts."""
+"""The conformance suite's own plumbing: sizes, parameters, endpoints, the CLI's argv, JUnit counts, the verdict."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from e2e.conformance.__main__ import build_parser, pytest_argv
 from e2e.conformance.client import open_channel
 from e2e.conformance.config import load_secrets, parse_params, parse_size
-from tests.conformance.suite import SuiteRun, _from_junit
+from tests.conformance.suite import SuiteRun, _from_junit, assert_passed
+from tests.support import DriverProcess
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -79,15 +80,17 @@ def test_junit_counts_and_failed_specs(tmp_path: Path) -> None:
     run = _from_junit(1, "", junit)
     assert (run.passed, run.failures, run.errors, run.skipped) == (1, 1, 1, 1)
     assert run.failed_specs == ("e2e.conformance.test_node::test_b", "e2e.conformance.test_node::test_c")
+    assert run.skipped_specs == ("test_node::test_d",)
 
 
-def test_skips_beyond_the_allowed_reasons_are_reported() -> None:
-    output = ("SKIPPED [6] e2e/conformance/harness.py:52: controller capability EXPAND_VOLUME not advertised\n"
-              "SKIPPED [1] e2e/conformance/harness.py:52: controller capability CLONE_VOLUME not advertised\n")
-    run = SuiteRun(0, output, tests=100, failures=0, errors=0, skipped=7, failed_specs=())
-    assert run.skip_reasons() == {"controller capability EXPAND_VOLUME not advertised": 6,
-                                  "controller capability CLONE_VOLUME not advertised": 1}
-    allowed = {"controller capability EXPAND_VOLUME not advertised": 6}
-    assert run.unexpected_skips(allowed) == ["1 skipped: controller capability CLONE_VOLUME not advertised",
-                                             "7 specs skipped, at most 6 expected"]
-    assert run.unexpected_skips({**allowed, "controller capability CLONE_VOLUME not advertised": 1}) == []
+def test_a_run_that_skips_other_specs_than_expected_fails(tmp_path: Path) -> None:
+    """A spec skipped because the driver stopped advertising its capability fails the run, as one that stops
+    skipping does (the expected set is then stale)."""
+    run = SuiteRun(0, "", tests=60, failures=0, errors=0, skipped=1, failed_specs=(),
+                   skipped_specs=("test_node::test_node_expand_of_unknown_volume_is_not_found",))
+    driver = DriverProcess(tmp_path)
+    with pytest.raises(AssertionError, match=r"newly skipped \['test_node::test_node_expand_of_unknown"):
+        assert_passed(run, driver, skipped=())
+    with pytest.raises(AssertionError, match=r"no longer skipped \['test_node::test_x'\]"):
+        assert_passed(run, driver, skipped={"test_node::test_x", *run.skipped_specs})
+    assert_passed(run, driver, skipped=run.skipped_specs)

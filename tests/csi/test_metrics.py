@@ -43,11 +43,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def metered_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DriverProcess, str]]:
     port = free_port()
     proc = DriverProcess(tmp_path_factory.mktemp("metrics"), extra_args=("--metrics-address", f"127.0.0.1:{port}"))
-    proc.start()
-    try:
+    with proc.running():
         yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        proc.cleanup()
 
 
 async def scrape(url: str) -> Samples:

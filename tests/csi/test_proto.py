@@ -27,81 +27,7 @@ from grpclib.testing import ChannelFor
 
 from csi.gen.csi import v1 as csi
 from csi.gen.message_pool import default_message_pool
-
-# --- a tiny independent protobuf wire encoder/decoder ---------------------------------
-
-VARINT, LEN = 0, 2
-
-
-def varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 goes out as ten bytes of two's complement
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def tag(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def vint(number: int, value: int) -> bytes:
-    return tag(number, VARINT) + varint(value)
-
-
-def ld(number: int, payload: bytes | str) -> bytes:
-    raw = payload.encode() if isinstance(payload, str) else payload
-    return tag(number, LEN) + varint(len(raw)) + raw
-
-
-def entry(number: int, key: str, value: str) -> bytes:
-    """One map<string, string> entry: a nested message with key = 1, value = 2."""
-    return ld(number, ld(1, key) + ld(2, value))
-
-
-def read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
-def top_fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """Split a message into (field number, value) pairs; only varint and length-delimited."""
-    fields: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == VARINT:
-            value, pos = read_varint(data, pos)
-            fields.append((number, value))
-        elif wire_type == LEN:
-            size, pos = read_varint(data, pos)
-            fields.append((number, data[pos : pos + size]))
-            pos += size
-        else:
-            raise AssertionError(f"unexpected wire type {wire_type}")
-    return fields
-
-
-def decode_map(data: bytes, number: int) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for field, value in top_fields(data):
-        if field == number:
-            assert isinstance(value, bytes)
-            kv = dict(top_fields(value))
-            key, val = kv.get(1, b""), kv.get(2, b"")
-            assert isinstance(key, bytes)
-            assert isinstance(val, bytes)
-            result[key.decode()] = val.decode()
-    return result
+from tests.csi.protowire import decode_map, entry, ld, varint, vint
 
 
 def test_helpers_match_protobuf_encoding_examples() -> None:
@@ -199,29 +125,17 @@ def test_oneof_with_both_members_on_the_wire_is_detected() -> None:
         betterproto2.which_one_of(decoded, "access_type")
 
 
-def test_node_stage_volume_request_field_numbers() -> None:
-    request = csi.NodeStageVolumeRequest(
+@pytest.mark.parametrize(("request_", "expected"), [
+    (csi.NodeStageVolumeRequest(
         volume_id="vol-1",
         publish_context={"device": "/dev/loop3"},
         staging_target_path="/var/lib/kubelet/staging/vol-1",
         volume_capability=block_capability(),
         secrets={"k": "v"},
         volume_context={"fs": "xfs"},
-    )
-    expected = (
-        ld(1, "vol-1")
-        + entry(2, "device", "/dev/loop3")
-        + ld(3, "/var/lib/kubelet/staging/vol-1")
-        + ld(4, BLOCK_CAPABILITY_BYTES)
-        + entry(5, "k", "v")
-        + entry(6, "fs", "xfs")
-    )
-    assert bytes(request) == expected
-    assert csi.NodeStageVolumeRequest.parse(expected) == request
-
-
-def test_node_publish_volume_request_field_numbers() -> None:
-    request = csi.NodePublishVolumeRequest(
+    ), ld(1, "vol-1") + entry(2, "device", "/dev/loop3") + ld(3, "/var/lib/kubelet/staging/vol-1")
+        + ld(4, BLOCK_CAPABILITY_BYTES) + entry(5, "k", "v") + entry(6, "fs", "xfs")),
+    (csi.NodePublishVolumeRequest(
         volume_id="vol-1",
         publish_context={"a": "b"},
         staging_target_path="/stage",
@@ -230,18 +144,12 @@ def test_node_publish_volume_request_field_numbers() -> None:
         readonly=True,
         secrets={"c": "d"},
         volume_context={"e": "f"},
-    )
-    expected = (
-        ld(1, "vol-1")
-        + entry(2, "a", "b")
-        + ld(3, "/stage")
-        + ld(4, "/target")
-        + ld(5, BLOCK_CAPABILITY_BYTES)
-        + vint(6, 1)
-        + entry(7, "c", "d")
-        + entry(8, "e", "f")
-    )
-    assert bytes(request) == expected
+    ), ld(1, "vol-1") + entry(2, "a", "b") + ld(3, "/stage") + ld(4, "/target") + ld(5, BLOCK_CAPABILITY_BYTES)
+        + vint(6, 1) + entry(7, "c", "d") + entry(8, "e", "f")),
+], ids=["NodeStageVolumeRequest", "NodePublishVolumeRequest"])
+def test_node_request_field_numbers(request_: betterproto2.Message, expected: bytes) -> None:
+    assert bytes(request_) == expected
+    assert type(request_).parse(expected) == request_
 
 
 def test_map_field_entries_encode_and_decode() -> None:

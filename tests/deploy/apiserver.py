@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 
-from tests.csi.test_proto import ld, vint
+from tests.csi.protowire import ld, vint
 
 SCHEMA_VERSION = "1.37.0"
 KUBERNETES_SCHEMAS = (

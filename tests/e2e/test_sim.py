@@ -17,9 +17,7 @@ import random
 
 import pytest
 
-from e2e.sim.kubelet import CSI_PLUGIN_DIR
 from e2e.sim.profiles import profile_for
-from e2e.sim.roles import creation_parameters
 from e2e.sim.runner import run_one
 from e2e.sim.scenarios import SCENARIOS
 from e2e.sim.stats import Stats
@@ -50,40 +48,17 @@ async def run_scenario(backend: str, name: str) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", SELECTED)
-async def test_loopfile(name: str) -> None:
-    await run_scenario("loopfile", name)
-
-
-@pytest.mark.root
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.anyio
-@pytest.mark.parametrize("name", SELECTED)
-async def test_rawdisk(name: str) -> None:
-    await run_scenario("rawdisk", name)
+@pytest.mark.parametrize("backend", ["loopfile", "rawdisk"])
+async def test_on_the_host(backend: str, name: str) -> None:
+    await run_scenario(backend, name)
 
 
 @pytest.mark.kernel
 @pytest.mark.root
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # qemu TCG: the harness's own deadlines stretch (e2e.sim.profiles), burst-100 most
+@pytest.mark.timeout(1800)  # qemu TCG: the harness's own deadlines stretch (e2e.sim.deadlines), burst-100 most
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", SELECTED)
 async def test_lvm(name: str) -> None:
     await run_scenario("lvm", name)
 
-
-def test_creation_parameters_follow_the_provisioner() -> None:
-    """Reserved keys are stripped and --extra-create-metadata keys added, as the external-provisioner does."""
-    from e2e.sim.objects import Claim, StorageClass
-
-    sc = StorageClass("sc", {"csi.storage.k8s.io/fstype": "xfs", "loopfile.localcsi.dev/provisioning": "thin"})
-    claim = Claim("data", 1, sc, namespace="ns")
-    params = creation_parameters(sc, claim, claim.pv_name)
-    assert params == {
-        "loopfile.localcsi.dev/provisioning": "thin",
-        "csi.storage.k8s.io/pvc/name": "data",
-        "csi.storage.k8s.io/pvc/namespace": "ns",
-        "csi.storage.k8s.io/pv/name": f"pvc-{claim.uid}",
-    }
-    assert str(CSI_PLUGIN_DIR) == "plugins/kubernetes.io/csi"

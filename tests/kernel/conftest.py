@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,15 +86,8 @@ class RecordingRunner:
         self.inner = inner
         self.path = path
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 60.0,
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> Result:
-        result = await self.inner.run(argv, timeout=timeout, check=False, stdin=stdin)
+    async def run(self, argv: Sequence[str], *, check: bool = True, **options: Any) -> Result:
+        result = await self.inner.run(argv, check=False, **options)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(

@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
-from tests.csi.test_driver_loopfile import Lifecycle, expect
-from tests.support import MIB, DriverProcess, connect, loops_backed_by, mount_cap, mounts_under
+from e2e.leaks import loops_backed_under, mounts_under
+from tests.lifecycle import Lifecycle, expect
+from tests.support import MIB, DriverProcess, assert_no_leaks, connect, mount_cap, sparse_file
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio, pytest.mark.timeout(900)]
 
@@ -93,17 +94,12 @@ class Hog:
 
 @contextlib.contextmanager
 def hog() -> Iterator[Hog]:
-    scratch = Path(tempfile.mkdtemp(prefix="loop-hog-"))
-    backing = scratch / "hog.img"
-    with backing.open("wb") as handle:
-        handle.truncate(MIB)
-    taker = Hog(backing)
-    try:
-        yield taker
-    finally:
-        taker.release_all()
-        backing.unlink()
-        scratch.rmdir()
+    with sparse_file("loop-hog-", MIB) as backing:
+        taker = Hog(backing)
+        try:
+            yield taker
+        finally:
+            taker.release_all()
 
 
 @pytest.fixture
@@ -137,7 +133,7 @@ async def test_no_free_loop_device_is_resource_exhausted_and_spares_staged_volum
                 refused = await expect(Status.RESOURCE_EXHAUSTED, waiting.stage(await waiting.attach()))
                 assert "loop device" in (refused.message or "")
                 image = str(driver.data_dir / f"{waiting.volume_id}.img")
-                assert image not in [backing for _, backing in loops_backed_by(driver.data_dir)]
+                assert image not in [info.backing_file for info in loops_backed_under(driver.data_dir)]
                 assert mounts_under(waiting.staging.parent) == []
                 # The staged volume is untouched: its data reads back and it takes writes.
                 assert keeper.read(len(kept)) == kept
@@ -151,6 +147,6 @@ async def test_no_free_loop_device_is_resource_exhausted_and_spares_staged_volum
                 assert waiting.read(len(kept)) == kept
             await waiting.down()
             await keeper.down()
-        assert driver.leaks() == {"mounts": [], "loops": []}
+        assert_no_leaks(driver)
     finally:
         driver.cleanup()

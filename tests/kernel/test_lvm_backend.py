@@ -17,6 +17,7 @@ from backends.lvm.backend import PARAM_TYPE, LvmBackend
 from backends.lvm.options import LvmOptions
 from backends.system import mount
 from backends.system.runner import Result, Runner
+from e2e import leaks
 from tests.kernel.lvmtools import VolumeGroup, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio]
@@ -36,8 +37,8 @@ def our_lvs(vg: str) -> dict[str, str]:
     return {name: attr for name, attr in rows.items() if name != "pool"}
 
 
-def dm_devices() -> str:
-    return sh("dmsetup", "ls")
+def dm_devices(vg: VolumeGroup) -> str:
+    return " ".join(leaks.dm_devices(vg.name))
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ async def test_create_and_delete_thick_and_thin_leave_nothing_behind(backend: Lv
     await backend.delete_volume(thin.volume_id)
     await backend.delete_volume(thin.volume_id)  # already gone: success
     assert our_lvs(lvm_vg.name) == {}
-    assert thick.volume_id.replace("-", "--") not in dm_devices()
+    assert thick.volume_id.replace("-", "--") not in dm_devices(lvm_vg)
     assert await backend.list_volumes() == []
 
 
@@ -138,7 +139,7 @@ async def test_filesystem_survives_detach_and_grows_online(
     await backend.detach(volume.volume_id)
     await backend.delete_volume(volume.volume_id)
     assert volume.volume_id not in our_lvs(lvm_vg.name)
-    assert volume.volume_id.replace("-", "--") not in dm_devices()
+    assert volume.volume_id.replace("-", "--") not in dm_devices(lvm_vg)
 
 
 class CountingRunner:

@@ -17,10 +17,11 @@ from grpclib.const import Status
 
 from backends.lvm.backend import PARAM_TYPE
 from csi.gen.csi import v1 as csi
-from tests.csi.test_driver_loopfile import PAYLOAD, Lifecycle, expect
-from tests.kernel.lvmdriver import NO_LEAKS, dm_names, leaks, lvm_driver, volume_lvs
+from e2e.leaks import dm_devices, volume_lvs
+from tests.kernel.lvmdriver import lvm_driver
 from tests.kernel.lvmtools import VolumeGroup, sh
-from tests.support import MIB, Client, DriverProcess, connect, create_request, mount_cap
+from tests.lifecycle import PAYLOAD, Lifecycle, expect
+from tests.support import MIB, Client, DriverProcess, assert_no_leaks, connect, create_request, mount_cap
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -55,11 +56,8 @@ class LvmLifecycle(Lifecycle):
 def running_driver(tmp_path_factory: pytest.TempPathFactory, vg: VolumeGroup, thin: bool,
                    overprovision: float = 1.0) -> Iterator[DriverProcess]:
     proc = lvm_driver(tmp_path_factory.mktemp("lvm-driver"), vg, thin=thin, overprovision=overprovision)
-    proc.start(timeout=120)
-    try:
+    with proc.running(timeout=120):
         yield proc
-    finally:
-        proc.cleanup()
 
 
 @pytest.fixture
@@ -89,7 +87,7 @@ async def test_thick_and_thin_volumes_are_lvs_and_go_away_on_delete(driver: Driv
         assert lvs[made["thick"]]["lv_attr"][0] == "-" and lvs[made["thin"]]["lv_attr"][0] == "V"
         assert lvs[made["thin"]]["pool_lv"] == lvm_vg.thinpool
         assert "localcsi.dev/name=pvc-thick" in lvs[made["thick"]]["lv_tags"].split(",")
-        assert dm_names(lvm_vg.name) == [], "created volumes stay inactive until staged"
+        assert dm_devices(lvm_vg.name) == [], "created volumes stay inactive until staged"
 
         listed = await c.controller.list_volumes(csi.ListVolumesRequest())
         assert sorted(e.volume.volume_id for e in listed.entries if e.volume) == sorted(made.values())
@@ -98,7 +96,7 @@ async def test_thick_and_thin_volumes_are_lvs_and_go_away_on_delete(driver: Driv
         for volume_id in made.values():
             await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
             await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))  # gone: still OK
-    assert leaks(driver, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(driver)
 
 
 @pytest.mark.parametrize(("fs_type", "kind"), [("ext4", "thin"), ("xfs", "thick"), ("ext4", "thick")])
@@ -110,7 +108,7 @@ async def test_filesystem_survives_restage_and_grows_online(driver: DriverProces
         vol.write()
         await vol.unpublish()
         await vol.unstage()
-        assert dm_names(lvm_vg.name) == [], "unstage deactivates the LV"
+        assert dm_devices(lvm_vg.name) == [], "unstage deactivates the LV"
         await vol.stage(await vol.attach())
         await vol.publish()
         assert vol.read() == PAYLOAD
@@ -122,7 +120,7 @@ async def test_filesystem_survives_restage_and_grows_online(driver: DriverProces
         assert int(volume_lvs(lvm_vg.name)[vol.volume_id]["lv_size"]) == 640 * MIB
         vol.write(PAYLOAD[::-1])
         await vol.down()
-    assert leaks(driver, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(driver)
 
 
 async def capacity(c: Client, kind: str) -> int:
@@ -165,7 +163,7 @@ async def test_thin_capacity_is_overprovisioned_and_thick_is_free_space(
                 assert resp.volume is not None
                 await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=resp.volume.volume_id))
             assert await capacity(c, "thin") == int(pool * 2.5) // (4 * MIB) * 4 * MIB
-        assert leaks(proc, lvm_vg.name) == NO_LEAKS
+        assert_no_leaks(proc)
 
 
 async def test_a_killed_driver_finds_every_volume_from_lvm_alone(driver: DriverProcess,
@@ -192,4 +190,4 @@ async def test_a_killed_driver_finds_every_volume_from_lvm_alone(driver: DriverP
         assert staged.read() == PAYLOAD
         await staged.down()
         await idle.delete()
-    assert leaks(driver, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(driver)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.error_tables import ATTACH_LIMIT, freezable, run_busy, run_table
-from tests.kernel.lvmdriver import NO_LEAKS, leaks, lvm_driver
+from tests.kernel.lvmdriver import lvm_driver
 from tests.kernel.lvmtools import VolumeGroup, volume_group
-from tests.support import MIB
+from tests.support import MIB, assert_no_leaks
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio]
 LIMIT = ("--max-volumes-per-node", str(ATTACH_LIMIT))
@@ -31,7 +31,7 @@ async def test_lvm_answers_every_row_with_the_spec_code(thin: bool, lvm_vg: Volu
     finally:
         proc.cleanup()
     assert not wrong, "rows answered other codes than the spec's:\n  " + "\n  ".join(wrong)
-    assert leaks(proc, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(proc)
 
 
 @pytest.mark.timeout(900)

@@ -39,11 +39,12 @@ from grpclib.exceptions import GRPCError
 
 from backends.system.lvm import LV_FIELDS
 from csi.gen.csi import v1 as csi
-from tests.csi.test_driver_loopfile import expect
-from tests.kernel.lvmdriver import NO_LEAKS, leaks, lvm_driver, volume_lvs
+from e2e.leaks import volume_lvs
+from tests.kernel.lvmdriver import lvm_driver
 from tests.kernel.lvmtools import VolumeGroup, sh
 from tests.kernel.test_lvm_driver import LvmLifecycle
-from tests.support import MIB, Client, DriverProcess, connect, create_request, mount_cap
+from tests.lifecycle import expect
+from tests.support import MIB, Client, DriverProcess, assert_no_leaks, connect, create_request, mount_cap, sparse_file
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio, pytest.mark.timeout(900)]
 
@@ -57,23 +58,18 @@ QUEUE_SECONDS = 5
 @contextlib.contextmanager
 def small_vg() -> Iterator[VolumeGroup]:
     """A VG on one sparse 512 MiB loop PV with a 64 MiB thin pool (LVM's defaults otherwise)."""
-    scratch = Path(tempfile.mkdtemp(prefix="lvm-exhaust-"))
-    image = scratch / "pv.img"
-    with image.open("wb") as handle:
-        handle.truncate(PV_BYTES)
-    loop = sh("losetup", "--find", "--show", str(image)).strip()
-    name = f"lcsx{uuid.uuid4().hex[:8]}"
-    try:
-        sh("pvcreate", "-q", loop)
-        sh("vgcreate", "-q", name, loop)
-        sh("lvcreate", "-q", "--type", "thin-pool", "-L", f"{POOL_BYTES}b", "-n", "pool", name)
-        yield VolumeGroup(name, "pool", (loop,))
-    finally:
-        subprocess.run(["vgremove", "-q", "-f", name], capture_output=True, check=False, timeout=120)
-        subprocess.run(["pvremove", "-q", "-f", loop], capture_output=True, check=False, timeout=60)
-        subprocess.run(["losetup", "-d", loop], capture_output=True, check=False, timeout=60)
-        image.unlink()
-        scratch.rmdir()
+    with sparse_file("lvm-exhaust-", PV_BYTES) as image:
+        loop = sh("losetup", "--find", "--show", str(image)).strip()
+        name = f"lcsx{uuid.uuid4().hex[:8]}"
+        try:
+            sh("pvcreate", "-q", loop)
+            sh("vgcreate", "-q", name, loop)
+            sh("lvcreate", "-q", "--type", "thin-pool", "-L", f"{POOL_BYTES}b", "-n", "pool", name)
+            yield VolumeGroup(name, "pool", (loop,))
+        finally:
+            subprocess.run(["vgremove", "-q", "-f", name], capture_output=True, check=False, timeout=120)
+            subprocess.run(["pvremove", "-q", "-f", loop], capture_output=True, check=False, timeout=60)
+            subprocess.run(["losetup", "-d", loop], capture_output=True, check=False, timeout=60)
 
 
 @contextlib.contextmanager
@@ -91,11 +87,8 @@ def queue_timeout(seconds: int) -> Iterator[int]:
 def driver_on(vg: VolumeGroup, overprovision: float) -> Iterator[DriverProcess]:
     proc = lvm_driver(Path(tempfile.mkdtemp(prefix="lvm-exhaust-driver-")), vg, thin=True,
                       overprovision=overprovision)
-    proc.start(timeout=120)
-    try:
+    with proc.running(timeout=120):
         yield proc
-    finally:
-        proc.cleanup()
 
 
 def pool_row(vg: VolumeGroup) -> dict[str, str]:
@@ -204,7 +197,7 @@ async def test_a_full_thin_pool_fails_writes_refuses_volumes_and_spares_other_vo
             await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=fresh.volume.volume_id))
             await filler.down()
             await keeper.down()
-        assert leaks(driver, vg.name) == NO_LEAKS
+        assert_no_leaks(driver)
 
 
 async def test_a_full_volume_group_refuses_thick_volumes_and_growth_without_leftovers() -> None:
@@ -251,4 +244,4 @@ async def test_a_full_volume_group_refuses_thick_volumes_and_growth_without_left
             for volume_id in made:
                 await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
             await keeper.down()
-        assert leaks(driver, vg.name) == NO_LEAKS
+        assert_no_leaks(driver)

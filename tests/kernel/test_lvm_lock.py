@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from csi.gen.csi import v1 as csi
-from tests.csi.test_health import everywhere
-from tests.kernel.lvmdriver import NO_LEAKS, leaks, lvm_driver
+from tests.backends.test_health import everywhere
+from tests.kernel.lvmdriver import lvm_driver
 from tests.kernel.lvmtools import VolumeGroup
 from tests.kernel.test_lvm_driver import LvmLifecycle
-from tests.support import MIB, connect, mount_cap
+from tests.support import MIB, assert_no_leaks, connect, mount_cap
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -58,6 +58,6 @@ async def test_an_lv_grown_online_is_healthy_and_an_unchanged_one_too(tmp_path: 
             for cond in await everywhere(c, vol.volume_id, vol.target):
                 assert not cond.abnormal, cond
             await vol.down()
-        assert leaks(driver, lvm_vg.name) == NO_LEAKS
+        assert_no_leaks(driver)
     finally:
         driver.cleanup()

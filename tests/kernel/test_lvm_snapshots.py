@@ -17,11 +17,22 @@ from grpclib.const import Status
 
 from backends.lvm.backend import PARAM_TYPE
 from csi.gen.csi import v1 as csi
-from tests.csi.test_driver_loopfile import PAYLOAD, Lifecycle, expect
-from tests.csi.test_snapshots_loopfile import Restored, copy_while_written, from_snapshot, from_volume
-from tests.kernel.lvmdriver import NO_LEAKS, leaks, lvm_driver, volume_lvs
+from e2e.leaks import volume_lvs
+from tests.kernel.lvmdriver import lvm_driver
 from tests.kernel.lvmtools import VolumeGroup
-from tests.support import MIB, Client, DriverProcess, connect, create_request, mount_cap
+from tests.lifecycle import (
+    PAYLOAD,
+    Lifecycle,
+    Restored,
+    copy_while_written,
+    delete_all_snapshots,
+    expect,
+    five_snapshots_of_two_volumes,
+    from_snapshot,
+    from_volume,
+    offered,
+)
+from tests.support import MIB, DriverProcess, assert_no_leaks, connect, create_request, mount_cap
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root, pytest.mark.anyio, pytest.mark.timeout(600)]
 RPC = csi.ControllerServiceCapabilityRpcType
@@ -29,24 +40,14 @@ RPC = csi.ControllerServiceCapabilityRpcType
 
 @contextlib.contextmanager
 def running(tmp_path_factory: pytest.TempPathFactory, vg: VolumeGroup, *, thin: bool) -> Iterator[DriverProcess]:
-    proc = lvm_driver(tmp_path_factory.mktemp("lvm-snap"), vg, thin=thin)
-    proc.start(timeout=120)
-    try:
+    with lvm_driver(tmp_path_factory.mktemp("lvm-snap"), vg, thin=thin).running(timeout=120) as proc:
         yield proc
-    finally:
-        proc.cleanup()
 
 
 @pytest.fixture
 def driver(tmp_path_factory: pytest.TempPathFactory, lvm_vg: VolumeGroup) -> Iterator[DriverProcess]:
     with running(tmp_path_factory, lvm_vg, thin=True) as proc:
         yield proc
-
-
-async def delete_all_snapshots(c: Client) -> None:
-    for entry in (await c.controller.list_snapshots(csi.ListSnapshotsRequest())).entries:
-        assert entry.snapshot is not None
-        await c.controller.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=entry.snapshot.snapshot_id))
 
 
 @pytest.mark.parametrize("kind", ["snapshot", "clone"])
@@ -61,7 +62,7 @@ async def test_copy_of_a_published_volume_being_written_holds_exactly_its_data(
             assert lv["lv_attr"][0] == "V" and lv["lv_attr"][9] == "k", "a thin snapshot, skipped on activation"
             assert "localcsi.dev/snapshot-name=snap-live" in lv["lv_tags"].split(",")
         await delete_all_snapshots(c)
-    assert leaks(driver, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(driver)
 
 
 async def test_restore_into_a_larger_volume_grows_its_filesystem(driver: DriverProcess, lvm_vg: VolumeGroup) -> None:
@@ -93,7 +94,7 @@ async def test_restore_into_a_larger_volume_grows_its_filesystem(driver: DriverP
         await big.down()
         await source.down()
         await delete_all_snapshots(c)
-    assert leaks(driver, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(driver)
 
 
 async def test_volume_snapshot_and_restore_delete_in_every_order(driver: DriverProcess,
@@ -117,22 +118,13 @@ async def test_volume_snapshot_and_restore_delete_in_every_order(driver: DriverP
                 else:
                     await ctl.delete_volume(csi.DeleteVolumeRequest(volume_id=ids[what]))
                 assert ids[what] not in volume_lvs(lvm_vg.name), f"{what} still there ({order})"
-            assert leaks(driver, lvm_vg.name) == NO_LEAKS, order
+            assert_no_leaks(driver, str(order))
 
 
 async def test_snapshots_list_page_and_survive_a_restart(driver: DriverProcess, lvm_vg: VolumeGroup) -> None:
     async with connect(driver.socket_path) as c:
-        caps = await c.controller.controller_get_capabilities(csi.ControllerGetCapabilitiesRequest())
-        offered = {cap.rpc.type for cap in caps.capabilities if cap.rpc}
-        assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME} <= offered
-        vols = [(await c.controller.create_volume(create_request(f"pvc-list-{i}", 8 * MIB))).volume for i in range(2)]
-        ids = [v.volume_id for v in vols if v]
-        made = {}
-        for i in range(5):
-            snap = (await c.controller.create_snapshot(csi.CreateSnapshotRequest(
-                name=f"snap-list-{i}", source_volume_id=ids[i % 2]))).snapshot
-            assert snap is not None
-            made[snap.snapshot_id] = snap
+        assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME} <= await offered(c)
+        ids, made = await five_snapshots_of_two_volumes(c, 8 * MIB)
         again = await c.controller.create_snapshot(csi.CreateSnapshotRequest(
             name="snap-list-0", source_volume_id=ids[0]))
         assert again.snapshot in made.values()
@@ -166,13 +158,12 @@ async def test_snapshots_list_page_and_survive_a_restart(driver: DriverProcess, 
         await delete_all_snapshots(c)
         for volume_id in (*ids, thick.volume_id):
             await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
-    assert leaks(driver, lvm_vg.name) == NO_LEAKS
+    assert_no_leaks(driver)
 
 
 async def test_without_a_thin_pool_snapshots_are_not_offered(tmp_path_factory: pytest.TempPathFactory,
                                                              lvm_vg: VolumeGroup) -> None:
     with running(tmp_path_factory, lvm_vg, thin=False) as proc:
         async with connect(proc.socket_path) as c:
-            caps = await c.controller.controller_get_capabilities(csi.ControllerGetCapabilitiesRequest())
-            offered = {cap.rpc.type for cap in caps.capabilities if cap.rpc}
-            assert RPC.CREATE_DELETE_SNAPSHOT not in offered and RPC.CLONE_VOLUME not in offered
+            advertised = await offered(c)
+            assert RPC.CREATE_DELETE_SNAPSHOT not in advertised and RPC.CLONE_VOLUME not in advertised

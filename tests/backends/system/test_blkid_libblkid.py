@@ -14,14 +14,15 @@ import struct
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backends.system import blkid
 from backends.system.errors import CommandError, SyscallError
 from backends.system.runner import ProcessRunner, Result
+from e2e.files import write_at
 from tests.backends.system.fixtures import LoopFactory, loops, make_image, run, scratch
 
 __all__ = ["loops", "scratch"]  # fixtures used below
@@ -52,22 +53,18 @@ class CountingRunner(ProcessRunner):
         return await super().run(argv, timeout=timeout, check=check, stdin=stdin)
 
 
-@dataclass
 class ToolRunner:
-    """Not a ProcessRunner, so the probe asks the ``blkid`` tool; runs it locally."""
+    """Not a ProcessRunner, so the probe asks the ``blkid`` tool; runs it locally, counted."""
 
-    calls: list[tuple[str, ...]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.counted = CountingRunner()
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 60.0,
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> Result:
-        self.calls.append(tuple(argv))
-        return await ProcessRunner().run(argv, timeout=timeout, check=check, stdin=stdin)
+    @property
+    def calls(self) -> list[tuple[str, ...]]:
+        return self.counted.calls
+
+    async def run(self, argv: Sequence[str], **options: Any) -> Result:
+        return await self.counted.run(argv, **options)
 
 
 @pytest.fixture
@@ -81,15 +78,6 @@ def no_libblkid(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 # ------------------------------------------------------------ device makers
-
-
-def write_at(device: str, offset: int, data: bytes) -> None:
-    fd = os.open(device, os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def luks1_header(device: str) -> None:

@@ -116,19 +116,25 @@ async def test_stats_of_a_missing_path_is_a_syscall_error(scratch: Path) -> None
     assert caught.value.errno == errno.ENOENT
 
 
-async def test_grow_mounted_xfs_online_after_the_image_grew(scratch: Path, loops: LoopFactory) -> None:
-    image = make_image(scratch, 320 * MIB)
+async def mounted_image(scratch: Path, loops: LoopFactory, fs_type: str, size: int) -> tuple[Path, str, Path]:
+    """An image of ``size`` bytes on a loop device, formatted with ``fs_type`` and mounted: (image, device, mount)."""
+    image = make_image(scratch, size)
     device = await loops(image)
-    await mkfs.make_filesystem(RUNNER, device.path, "xfs")
+    await mkfs.make_filesystem(RUNNER, device.path, fs_type)
     target = scratch / "m"
     target.mkdir()
-    await mnt.mount(device.path, str(target), "xfs")
+    await mnt.mount(device.path, str(target), fs_type)
+    return image, device.path, target
+
+
+async def test_grow_mounted_xfs_online_after_the_image_grew(scratch: Path, loops: LoopFactory) -> None:
+    image, device_path, target = await mounted_image(scratch, loops, "xfs", 320 * MIB)
     (target / "keep").write_text("kept")
     before = await stats.filesystem_stats(str(target))
-    assert not await fs.grow_filesystem(RUNNER, device.path, str(target), "xfs")  # already full size
+    assert not await fs.grow_filesystem(RUNNER, device_path, str(target), "xfs")  # already full size
     os.truncate(image, 640 * MIB)
-    assert await loop.refresh_capacity(device.path) == 640 * MIB
-    assert await fs.grow_filesystem(RUNNER, device.path, str(target), "xfs")
+    assert await loop.refresh_capacity(device_path) == 640 * MIB
+    assert await fs.grow_filesystem(RUNNER, device_path, str(target), "xfs")
     after = await stats.filesystem_stats(str(target))
     assert after.total_bytes > before.total_bytes + 300 * MIB
     assert (target / "keep").read_text() == "kept"
@@ -137,29 +143,19 @@ async def test_grow_mounted_xfs_online_after_the_image_grew(scratch: Path, loops
 async def test_grow_mounted_btrfs(scratch: Path, loops: LoopFactory) -> None:
     if "btrfs" not in mkfs.available_fs_types():
         pytest.skip("mkfs.btrfs not installed")
-    image = make_image(scratch, 320 * MIB)
-    device = await loops(image)
-    await mkfs.make_filesystem(RUNNER, device.path, "btrfs")
-    target = scratch / "m"
-    target.mkdir()
-    await mnt.mount(device.path, str(target), "btrfs")
+    image, device_path, target = await mounted_image(scratch, loops, "btrfs", 320 * MIB)
     before = await stats.filesystem_stats(str(target))
     os.truncate(image, 640 * MIB)
-    await loop.refresh_capacity(device.path)
-    assert await fs.grow_filesystem(RUNNER, device.path, str(target), "btrfs")
+    await loop.refresh_capacity(device_path)
+    assert await fs.grow_filesystem(RUNNER, device_path, str(target), "btrfs")
     assert (await stats.filesystem_stats(str(target))).total_bytes > before.total_bytes + 250 * MIB
 
 
 async def _grown_ext4(scratch: Path, loops: LoopFactory) -> tuple[str, Path]:
-    image = make_image(scratch, 128 * MIB)
-    device = await loops(image)
-    await mkfs.make_filesystem(RUNNER, device.path, "ext4")
-    target = scratch / "m"
-    target.mkdir()
-    await mnt.mount(device.path, str(target), "ext4")
+    image, device_path, target = await mounted_image(scratch, loops, "ext4", 128 * MIB)
     os.truncate(image, 256 * MIB)
-    await loop.refresh_capacity(device.path)
-    return device.path, target
+    await loop.refresh_capacity(device_path)
+    return device_path, target
 
 
 @pytest.mark.skipif(has_capability(CAP_SYS_RESOURCE), reason="this process has CAP_SYS_RESOURCE")

@@ -65,13 +65,19 @@ async def test_forbidden_option_never_reaches_the_kernel(scratch: Path, loops: L
     assert await mnt.find_mount(str(scratch)) is None
 
 
-async def test_bind_mount_read_only_leaves_the_source_writable(scratch: Path, loops: LoopFactory) -> None:
+async def _staged(scratch: Path, loops: LoopFactory) -> tuple[Path, Path]:
+    """An ext4 filesystem mounted at ``staging``, and an empty ``publish`` directory beside it."""
     device = await _ext4(scratch, loops)
     staging = scratch / "staging"
     publish = scratch / "publish"
     staging.mkdir()
     publish.mkdir()
     await mnt.mount(device, str(staging), "ext4")
+    return staging, publish
+
+
+async def test_bind_mount_read_only_leaves_the_source_writable(scratch: Path, loops: LoopFactory) -> None:
+    staging, publish = await _staged(scratch, loops)
     (staging / "hello").write_text("world")
     await mnt.bind_mount(str(staging), str(publish), readonly=True, options=["noexec"])
     entry = await mnt.find_mount(str(publish))
@@ -86,12 +92,7 @@ async def test_bind_mount_read_only_leaves_the_source_writable(scratch: Path, lo
 
 
 async def test_bind_mount_read_write(scratch: Path, loops: LoopFactory) -> None:
-    device = await _ext4(scratch, loops)
-    staging = scratch / "staging"
-    publish = scratch / "publish"
-    staging.mkdir()
-    publish.mkdir()
-    await mnt.mount(device, str(staging), "ext4")
+    staging, publish = await _staged(scratch, loops)
     await mnt.bind_mount(str(staging), str(publish))
     (publish / "from-publish").write_text("x")
     assert (staging / "from-publish").read_text() == "x"
