@@ -24,12 +24,12 @@ from pathlib import Path
 import anyio
 from loguru import logger
 
-from e2e.reliability import crash, exhaustion, exposure, fuzz, kernel, load, signatures, states
+from e2e.reliability import crash, exhaustion, exposure, fuzz, kernel, load, paths, signatures, states
 from e2e.reliability.common import PhaseResult
 
 #: (typed examples per RPC, raw examples per RPC, crash steps, load seconds)
 BUDGETS = {"quick": (80, 40, 150, 15.0), "full": (400, 150, 400, 60.0)}
-PHASES = ("fuzz", "crash", "exhaustion", "signatures", "exposure", "states", "load", "kernel")
+PHASES = ("fuzz", "crash", "exhaustion", "signatures", "exposure", "states", "paths", "load", "kernel")
 #: The kernel phase boots the kernel lane (qemu TCG, minutes): the full campaign runs it, --quick does not.
 QUICK_PHASES = PHASES[:-1]
 
@@ -43,6 +43,7 @@ def phase_runners(budget: str, seed: int) -> dict[str, Callable[[], Awaitable[Ph
         "signatures": signatures.run,
         "exposure": exposure.run,
         "states": states.run,
+        "paths": paths.run,
         "load": lambda: load.run(seconds, seed),
         "kernel": kernel.run,
     }
@@ -69,6 +70,7 @@ async def campaign(names: Sequence[str], budget: str, seed: int) -> list[PhaseRe
 def headline(results: list[PhaseResult]) -> dict[str, object]:
     by = {r.name: r.figures for r in results}
     fz, cr, ld, st = by.get("fuzz", {}), by.get("crash", {}), by.get("load", {}), by.get("states", {})
+    pa = by.get("paths", {})
     return {
         "fuzz inputs (typed + raw)": fz.get("inputs", "-"),
         "crash steps / RPCs / restarts": f"{cr.get('steps', '-')} / {cr.get('rpcs_issued', '-')} / "
@@ -82,6 +84,7 @@ def headline(results: list[PhaseResult]) -> dict[str, object]:
         "kernel lane (thin pool, VG, loop devices)": by.get("kernel", {}).get("pytest_summary", "not run"),
         "storage states attacked (known open)": f"{st.get('attacks_run', '-')} "
                                                 f"({st.get('known_open') or '-'})",
+        "node paths attacked (held)": f"{pa.get('attacks_run', '-')} ({pa.get('held', '-')})",
         "unexpected codes": sum(int(str(by.get(p, {}).get("unexpected_codes", 0))) for p in ("fuzz", "load")),
         "findings": sum(len(r.findings) for r in results),
     }
