@@ -130,23 +130,15 @@ class Pools:
         self._default = default_pool(specs).name
         if not qualify_ids and len(specs) != 1:
             raise ValueError("ids without pools need exactly one pool")
-        self._node_id = node_id
+        self.node_id = node_id
         self._qualify = qualify_ids
         self._retry_seconds = retry_seconds
-        self._features = merged_features(specs)
+        self.features = merged_features(specs)
         # Opening a backend checks its settings only (e.g. a VG is named); its storage is looked at in start().
         self._pools = {s.name: Pool(s, s.options.open(node_id, runner)) for s in specs}
         self._tg: TaskGroup | None = None
 
     # -- what the driver is -------------------------------------------------------
-    @property
-    def features(self) -> Features:
-        return self._features
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
-
     @property
     def default(self) -> str:
         return self._default

@@ -66,7 +66,6 @@ from backends.base import (
     Capacity,
     Condition,
     ContentSource,
-    Features,
     Snapshot,
     SourceKind,
     Volume,
@@ -149,7 +148,7 @@ class LoopfileBackend:
 
     def __init__(self, node_id: str, options: LoopfileOptions, runner: Runner) -> None:
         options.validate()
-        self._node_id = node_id
+        self.node_id = node_id
         self._options = options
         self._dir = os.path.abspath(options.directory)
         self._runner = runner
@@ -159,11 +158,12 @@ class LoopfileBackend:
         self._snap_dir = os.path.join(self._dir, SNAPSHOT_DIR)
         self._snapshots = SnapshotStore(self._snap_dir, SnapshotRecord)
         #: Whether the image directory's filesystem shares extents (probed at start).
-        self._reflink = False
+        #: Whether snapshots and clones are copy-on-write clones here (known after :meth:`start`).
+        self.reflink_copies = False
         self._loops: dict[str, loop.LoopDevice] = {}
         self._space = Reservations(self._measure_available)
         self._lock: storagelock.StorageLock | None = None
-        self._features = options.features()
+        self.features = options.features()
 
     # -- paths --------------------------------------------------------------
     def _image(self, volume_id: str) -> str:
@@ -183,21 +183,8 @@ class LoopfileBackend:
         return self._snapshots.meta(snapshot_id)
 
     @property
-    def features(self) -> Features:
-        return self._features
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
-
-    @property
     def directory(self) -> str:
         return self._dir
-
-    @property
-    def reflink_copies(self) -> bool:
-        """Whether snapshots and clones are copy-on-write clones here (known after :meth:`start`)."""
-        return self._reflink
 
     # -- lifecycle ----------------------------------------------------------
     async def lock_storage(self) -> None:
@@ -212,14 +199,14 @@ class LoopfileBackend:
             await self.close()
             raise
         warnings = await anyio.to_thread.run_sync(
-            lambda: health.startup_warnings(expansion=self._features.expansion,
+            lambda: health.startup_warnings(expansion=self.features.expansion,
                                             image_directory=self._dir if self._direct_io else ""))
         for warning in warnings:
             logger.warning("{}", warning)
         logger.info(
             "loopfile backend ready: {} volumes, {} snapshots, {} attached, directory {} ({} copies)",
             len(self._records), len(self._snapshots.records()), len(self._loops), self._dir,
-            "reflink" if self._reflink else "sparse",
+            "reflink" if self.reflink_copies else "sparse",
         )
 
     def _lock_directory(self) -> storagelock.StorageLock:
@@ -243,7 +230,7 @@ class LoopfileBackend:
                 await self._finish_interrupted_volume(record)
         for snap in interrupted:
             await self._finish_interrupted_snapshot(snap)
-        self._reflink = await anyio.to_thread.run_sync(reflink.supports_reflink_sync, self._snap_dir)
+        self.reflink_copies = await anyio.to_thread.run_sync(reflink.supports_reflink_sync, self._snap_dir)
 
     async def _find_loops(self) -> None:
         image_dir = self._dir + os.sep
@@ -325,7 +312,7 @@ class LoopfileBackend:
         uses = {}
         for record in records:
             size = found[record.volume_id]
-            shared = reflink.shared_bytes_sync(self._image(record.volume_id)) if self._reflink and size else 0
+            shared = reflink.shared_bytes_sync(self._image(record.volume_id)) if self.reflink_copies and size else 0
             uses[record.volume_id] = space.ImageUse(
                 capacity_bytes=record.capacity_bytes, size_bytes=size[0] if size else 0,
                 allocated_bytes=size[1] if size else 0, shared_bytes=shared, thin=record.thin,
@@ -372,7 +359,7 @@ class LoopfileBackend:
         else:
             allocated = await self._allocated(source.path, self._describe(spec.source))
             cost = space.copy_cost(size, allocated, thin, self._ratio,
-                                   shares_live_volume=self._reflink and bool(source.volume_id))
+                                   shares_live_volume=self.reflink_copies and bool(source.volume_id))
             async with self._space.hold(cost, what):
                 await self._copy_into_volume(record, source)
                 self._records[volume_id] = replace(record, state=READY)
@@ -552,8 +539,8 @@ class LoopfileBackend:
         record = self._records.get(volume_id)
         if record is None:
             raise errors.VolumeNotFound(volume_id)
-        if node_id != self._node_id:
-            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
+        if node_id != self.node_id:
+            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self.node_id!r}")
         change = published(record.published_node_ids, record.readonly_node_ids, node_id, readonly)
         if change is not None:
             published_record = replace(record, published_node_ids=change[0], readonly_node_ids=change[1])
@@ -642,7 +629,7 @@ class LoopfileBackend:
         """Copy ``source`` to the new file ``target``, the source volume held still for the copy (``point``: the
         fault point reached once it is)."""
         device = await self.device_path(source.volume_id) if source.volume_id else None
-        async with held_still(source.volume_id, device, atomic_copy=self._reflink):
+        async with held_still(source.volume_id, device, atomic_copy=self.reflink_copies):
             fault_point(point)
             try:
                 result = await reflink.copy_image(source.path, target)

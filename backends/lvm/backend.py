@@ -105,7 +105,6 @@ from backends.base import (
     Capacity,
     Condition,
     ContentSource,
-    Features,
     Snapshot,
     SourceKind,
     Volume,
@@ -174,7 +173,7 @@ class LvmBackend:
         options.validate()
         if not options.vg:
             raise errors.InvalidArgument("the lvm backend needs a volume group (--lvm-vg)")
-        self._node_id = node_id
+        self.node_id = node_id
         self._vg = options.vg
         self._pool = options.thinpool or None
         self._ratio = options.thin_overprovision
@@ -185,15 +184,7 @@ class LvmBackend:
         self._snapshots: dict[str, LogicalVolume] = {}
         self._pool_lock = anyio.Lock()
         self._storage_lock: storagelock.StorageLock | None = None
-        self._features = options.features()
-
-    @property
-    def features(self) -> Features:
-        return self._features
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
+        self.features = options.features()
 
     @property
     def volume_group(self) -> str:
@@ -527,8 +518,8 @@ class LvmBackend:
         lv = await self._known(volume_id)
         if lv is None:
             raise errors.VolumeNotFound(volume_id)
-        if node_id != self._node_id:
-            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
+        if node_id != self.node_id:
+            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self.node_id!r}")
         nodes = tuple(decode_tags(lv.tags, TAG_PUBLISHED))
         change = published(nodes, tuple(decode_tags(lv.tags, TAG_READONLY)), node_id, readonly)
         if change is not None:

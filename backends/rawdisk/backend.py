@@ -65,7 +65,6 @@ from backends.base import (
     Capacity,
     Condition,
     ContentSource,
-    Features,
     Snapshot,
     SourceKind,
     Volume,
@@ -168,7 +167,7 @@ class RawdiskBackend:
     def __init__(self, node_id: str, options: RawdiskOptions, runner: Runner, *, watch: bool = True) -> None:
         """``watch``: follow kernel uevents (tests that drive rescans themselves turn it off)."""
         options.validate()
-        self._node_id = node_id
+        self.node_id = node_id
         self._patterns = options.devices
         self._runner = runner
         self._min_bytes = options.min_bytes
@@ -200,28 +199,11 @@ class RawdiskBackend:
         #: Since the last rescan: a hotplug asked for a whole rescan, or these devices changed.
         self._hotplugged = False
         self._changed: set[str] = set()
-        self._scans = 0
-        self._disk_reads = 0
+        #: How many whole inventory scans, and single-disk re-reads after change uevents, have completed.
+        self.scans = 0
+        self.disk_reads = 0
         self._tg: TaskGroup | None = None
-        self._features = options.features()
-
-    @property
-    def features(self) -> Features:
-        return self._features
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
-
-    @property
-    def scans(self) -> int:
-        """How many whole inventory scans have completed (tests wait on it)."""
-        return self._scans
-
-    @property
-    def disk_reads(self) -> int:
-        """How many single-disk re-reads (after change uevents) have completed."""
-        return self._disk_reads
+        self.features = options.features()
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -330,9 +312,9 @@ class RawdiskBackend:
                 logger.warning("disk {} of volume {} has disappeared", entry.disk.path, volume_id)
                 self._volumes[volume_id] = replace(entry, present=False)
         if only is None:
-            self._scans += 1
+            self.scans += 1
         else:
-            self._disk_reads += 1
+            self.disk_reads += 1
 
     async def _hold_locks(self, found: list[Disk], *, starting: bool) -> list[Disk]:
         """Lock every disk this instance may write (free, or ours) and let go of the others. A disk another
@@ -706,8 +688,8 @@ class RawdiskBackend:
 
     async def publish_volume(self, volume_id: str, node_id: str, readonly: bool) -> Mapping[str, str]:
         entry = self._present(volume_id)
-        if node_id != self._node_id:
-            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self._node_id!r}")
+        if node_id != self.node_id:
+            raise errors.NotFound(f"node {node_id!r} is unknown here: volume {volume_id} lives on {self.node_id!r}")
         record = entry.claim.record
         change = published(record.published_node_ids, record.readonly_node_ids, node_id, readonly)
         if change is not None:

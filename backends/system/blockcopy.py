@@ -59,11 +59,6 @@ class CopyStopped(Exception):
     """The caller asked the copy to stop; the target holds a partial copy."""
 
 
-class Kind(enum.Enum):
-    DEVICE = "device"
-    IMAGE = "image"
-
-
 @dataclass(frozen=True)
 class Range:
     """``length`` bytes at ``offset`` of a block device or an image file."""
@@ -72,6 +67,11 @@ class Range:
     offset: int
     length: int
     kind: Kind
+
+
+class Kind(enum.Enum):
+    DEVICE = "device"
+    IMAGE = "image"
 
 
 @dataclass(frozen=True)

@@ -59,17 +59,17 @@ FIEMAP_EXTENT_SHARED = 0x2000
 _FIEMAP_BATCH = 512
 
 
-class CopyMethod(enum.Enum):
-    REFLINK = "reflink"
-    SPARSE = "sparse"
-
-
 @dataclass(frozen=True)
 class CopyResult:
     method: CopyMethod
     size_bytes: int
     #: Bytes of data moved (0 for a clone: nothing was read).
     copied_bytes: int
+
+
+class CopyMethod(enum.Enum):
+    REFLINK = "reflink"
+    SPARSE = "sparse"
 
 
 # ------------------------------------------------------------------ cloning

@@ -39,14 +39,10 @@ class Result:
 
 
 class Runner(Protocol):
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - the child is killed on expiry, not just abandoned
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> Result: ...
+    """Runs a command; ``timeout`` kills the child on expiry (it is not just abandoned)."""
+
+    async def run(self, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True,  # noqa: ASYNC109
+                  stdin: bytes | None = None) -> Result: ...
 
 
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -87,14 +83,8 @@ class ProcessRunner:
     def __init__(self, prefix: Sequence[str] = ()) -> None:
         self.prefix = tuple(prefix)
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - the child is killed on expiry, not just abandoned
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> Result:
+    async def run(self, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True,  # noqa: ASYNC109
+                  stdin: bytes | None = None) -> Result:
         args = check_argv(argv)
         full = self.prefix + args
         env = dict(os.environ, LC_ALL="C")

@@ -29,14 +29,8 @@ class FakeRunner:
     inputs: list[bytes | None] = field(default_factory=list)
     timeouts: list[float] = field(default_factory=list)
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - the child is killed on expiry, not just abandoned
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> Result:
+    async def run(self, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True,  # noqa: ASYNC109
+                  stdin: bytes | None = None) -> Result:
         args = check_argv(argv)
         self.calls.append(args)
         self.inputs.append(stdin)

@@ -54,6 +54,15 @@ async def _unmount(runner: Runner, rec: Recorder, *, staging: str, target: str, 
     mounted.remove(staging)
 
 
+async def _undo(runner: Runner, mounted: list[str], release: list[str]) -> None:
+    """After a failed step: unmount what is still mounted, then ``release`` the device (when not empty)."""
+    with anyio.CancelScope(shield=True):
+        for point in reversed(mounted):
+            await runner.run(["umount", point], timeout=COMMAND_TIMEOUT, check=False)
+        if release:
+            await runner.run(release, timeout=COMMAND_TIMEOUT, check=False)
+
+
 async def _one(runner: Runner, rec: Recorder, root: str, fs_type: str, size: int) -> None:
     image = os.path.join(root, "image.img")
     staging = os.path.join(root, "staging")
@@ -76,13 +85,9 @@ async def _one(runner: Runner, rec: Recorder, root: str, fs_type: str, size: int
         await _step(runner, rec, "rm", ["rm", "-f", image])
         rec.add("down (bare)", time.perf_counter() - started)
     finally:
-        with anyio.CancelScope(shield=True):
-            for point in reversed(mounted):
-                await runner.run(["umount", point], timeout=COMMAND_TIMEOUT, check=False)
-            if device:
-                await runner.run(["losetup", "-d", device], timeout=COMMAND_TIMEOUT, check=False)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(image)
+        await _undo(runner, mounted, ["losetup", "-d", device] if device else [])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(image)
 
 
 async def _one_lvm(runner: Runner, rec: Recorder, root: str, vg: str, *, fs_type: str, size: int) -> None:
@@ -107,11 +112,7 @@ async def _one_lvm(runner: Runner, rec: Recorder, root: str, vg: str, *, fs_type
         created = False
         rec.add("down (bare)", time.perf_counter() - started)
     finally:
-        with anyio.CancelScope(shield=True):
-            for point in reversed(mounted):
-                await runner.run(["umount", point], timeout=COMMAND_TIMEOUT, check=False)
-            if created:
-                await runner.run(["lvremove", "-q", "-f", f"{vg}/{name}"], timeout=COMMAND_TIMEOUT, check=False)
+        await _undo(runner, mounted, ["lvremove", "-q", "-f", f"{vg}/{name}"] if created else [])
 
 
 async def provision_bare(base_dir: str, fs_type: str, iterations: int, size: int, *,

@@ -339,42 +339,32 @@ def _done(what: str, args: argparse.Namespace, where: str) -> Output:
     return Output({}, facts=[(what, f"{args.volume_id} {where}")], ids=[args.volume_id])
 
 
-@command("detach")
-async def _detach(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.ControllerUnpublishVolumeRequest(volume_id=args.volume_id, node_id=args.node_id)
-    await s.controller.controller_unpublish_volume(req, timeout=s.timeout)
-    return _done("detached", args, f"from {args.node_id}")
+def _answers_nothing(name: str, done: str, call: Callable[[Stubs, argparse.Namespace], Awaitable[object]],
+                     where: Callable[[argparse.Namespace], str]) -> None:
+    """Register ``name``: one call whose reply is empty, reported as ``done`` to the volume ``where``."""
+    async def run(s: Stubs, args: argparse.Namespace) -> Output:
+        await call(s, args)
+        return _done(done, args, where(args))
+
+    command(name)(run)
 
 
-@command("stage")
-async def _stage(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.NodeStageVolumeRequest(volume_id=args.volume_id, staging_target_path=args.staging_path,
-                                     volume_capability=capability(args), publish_context=parse_pairs(args.context))
-    await s.node.node_stage_volume(req, timeout=s.timeout)
-    return _done("staged", args, f"at {req.staging_target_path}")
-
-
-@command("unstage")
-async def _unstage(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.NodeUnstageVolumeRequest(volume_id=args.volume_id, staging_target_path=args.staging_path)
-    await s.node.node_unstage_volume(req, timeout=s.timeout)
-    return _done("unstaged", args, f"from {req.staging_target_path}")
-
-
-@command("publish")
-async def _publish(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.NodePublishVolumeRequest(volume_id=args.volume_id, staging_target_path=args.staging_path,
-                                       target_path=args.target_path, readonly=args.readonly,
-                                       volume_capability=capability(args), volume_context=parse_pairs(args.context))
-    await s.node.node_publish_volume(req, timeout=s.timeout)
-    return _done("published", args, f"at {req.target_path}")
-
-
-@command("unpublish")
-async def _unpublish(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.NodeUnpublishVolumeRequest(volume_id=args.volume_id, target_path=args.target_path)
-    await s.node.node_unpublish_volume(req, timeout=s.timeout)
-    return _done("unpublished", args, f"from {req.target_path}")
+_answers_nothing("detach", "detached", lambda s, a: s.controller.controller_unpublish_volume(
+    csi.ControllerUnpublishVolumeRequest(volume_id=a.volume_id, node_id=a.node_id), timeout=s.timeout),
+    lambda a: f"from {a.node_id}")
+_answers_nothing("stage", "staged", lambda s, a: s.node.node_stage_volume(csi.NodeStageVolumeRequest(
+    volume_id=a.volume_id, staging_target_path=a.staging_path, volume_capability=capability(a),
+    publish_context=parse_pairs(a.context)), timeout=s.timeout), lambda a: f"at {a.staging_path}")
+_answers_nothing("unstage", "unstaged", lambda s, a: s.node.node_unstage_volume(csi.NodeUnstageVolumeRequest(
+    volume_id=a.volume_id, staging_target_path=a.staging_path), timeout=s.timeout),
+    lambda a: f"from {a.staging_path}")
+_answers_nothing("publish", "published", lambda s, a: s.node.node_publish_volume(csi.NodePublishVolumeRequest(
+    volume_id=a.volume_id, staging_target_path=a.staging_path, target_path=a.target_path, readonly=a.readonly,
+    volume_capability=capability(a), volume_context=parse_pairs(a.context)), timeout=s.timeout),
+    lambda a: f"at {a.target_path}")
+_answers_nothing("unpublish", "unpublished", lambda s, a: s.node.node_unpublish_volume(
+    csi.NodeUnpublishVolumeRequest(volume_id=a.volume_id, target_path=a.target_path), timeout=s.timeout),
+    lambda a: f"from {a.target_path}")
 
 
 @command("stats")
@@ -452,19 +442,22 @@ async def _group_create(s: Stubs, args: argparse.Namespace) -> Output:
     return _group_output(reply.group_snapshot, as_json(reply))
 
 
+def _group_ids(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields that name a group snapshot, as GetVolumeGroupSnapshot and DeleteVolumeGroupSnapshot take them."""
+    return {"group_snapshot_id": args.group_snapshot_id, "snapshot_ids": list(args.snapshot_ids)}
+
+
 @command("group get")
 async def _group_get(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.GetVolumeGroupSnapshotRequest(group_snapshot_id=args.group_snapshot_id,
-                                            snapshot_ids=list(args.snapshot_ids))
-    reply = await s.group.get_volume_group_snapshot(req, timeout=s.timeout)
+    reply = await s.group.get_volume_group_snapshot(csi.GetVolumeGroupSnapshotRequest(**_group_ids(args)),
+                                                    timeout=s.timeout)
     return _group_output(reply.group_snapshot, as_json(reply))
 
 
 @command("group delete")
 async def _group_delete(s: Stubs, args: argparse.Namespace) -> Output:
-    req = csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=args.group_snapshot_id,
-                                               snapshot_ids=list(args.snapshot_ids))
-    await s.group.delete_volume_group_snapshot(req, timeout=s.timeout)
+    await s.group.delete_volume_group_snapshot(csi.DeleteVolumeGroupSnapshotRequest(**_group_ids(args)),
+                                               timeout=s.timeout)
     return Output({}, facts=[("deleted", args.group_snapshot_id)], ids=[args.group_snapshot_id])
 
 
@@ -507,9 +500,12 @@ def add_parser(sub: Any) -> None:
 FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 
-def _cmd(cmds: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+def _cmd(cmds: Any, name: str, help_text: str, *positionals: str) -> argparse.ArgumentParser:
+    """A subcommand taking ``positionals`` in order (one named ``*_path`` is a path, made absolute)."""
     parser: argparse.ArgumentParser = cmds.add_parser(name, help=help_text, formatter_class=FORMAT,
                                                       description=help_text)
+    for positional in positionals:
+        parser.add_argument(positional, type=os.path.abspath if positional.endswith("_path") else str)
     # -o also after the command (``ctl list -o json``); SUPPRESS keeps the value given before it.
     parser.add_argument("-o", "--output", choices=("table", "json", "id"), default=argparse.SUPPRESS,
                         help="as for ctl")
@@ -539,19 +535,15 @@ def _identity_and_controller_commands(cmds: Any) -> None:
     cap = _cmd(cmds, "capacity", "GetCapacity (of a pool, with --pool)")
     cap.add_argument("--pool", default="", help="the pool to ask about (default: the default pool)")
     _params(cap)
-    val = _cmd(cmds, "validate", "ValidateVolumeCapabilities")
-    val.add_argument("volume_id")
+    val = _cmd(cmds, "validate", "ValidateVolumeCapabilities", "volume_id")
     _params(val)
     _cap_args(val)
-    mod = _cmd(cmds, "modify", "ControllerModifyVolume: change a volume's mutable parameters (IO limits)")
-    mod.add_argument("volume_id")
+    mod = _cmd(cmds, "modify", "ControllerModifyVolume: change a volume's mutable parameters (IO limits)", "volume_id")
     for flag, key in MODIFY_FLAGS.items():
         mod.add_argument(f"--{flag.replace('_', '-')}", default=None, metavar="N", help=f"sets {key}")
     _params(mod, "mutable parameter")
     for name, rpc in (("attach", "ControllerPublishVolume"), ("detach", "ControllerUnpublishVolume")):
-        a = _cmd(cmds, name, rpc)
-        a.add_argument("volume_id")
-        a.add_argument("node_id")
+        a = _cmd(cmds, name, rpc, "volume_id", "node_id")
         if name == "attach":
             a.add_argument("--readonly", action="store_true", help="publish read-only")
             _cap_args(a)
@@ -559,30 +551,21 @@ def _identity_and_controller_commands(cmds: Any) -> None:
 
 def _node_commands(cmds: Any) -> None:
     path = os.path.abspath
-    st = _cmd(cmds, "stage", "NodeStageVolume: attach, format if blank, mount at the staging path")
-    st.add_argument("volume_id")
-    st.add_argument("staging_path", type=path)
+    st = _cmd(cmds, "stage", "NodeStageVolume: attach, format if blank, mount at the staging path",
+              "volume_id", "staging_path")
     st.add_argument("--context", action="append", default=[], metavar="KEY=VALUE", help="publish context")
     _cap_args(st)
-    ust = _cmd(cmds, "unstage", "NodeUnstageVolume")
-    ust.add_argument("volume_id")
-    ust.add_argument("staging_path", type=path)
-    pub = _cmd(cmds, "publish", "NodePublishVolume: bind the staged volume at the target path")
-    pub.add_argument("volume_id")
-    pub.add_argument("staging_path", type=path)
-    pub.add_argument("target_path", type=path)
+    _cmd(cmds, "unstage", "NodeUnstageVolume", "volume_id", "staging_path")
+    pub = _cmd(cmds, "publish", "NodePublishVolume: bind the staged volume at the target path",
+               "volume_id", "staging_path", "target_path")
     pub.add_argument("--readonly", action="store_true", help="publish read-only")
     pub.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                      help="volume context (e.g. csi.storage.k8s.io/pod.uid=UID)")
     _cap_args(pub)
-    upub = _cmd(cmds, "unpublish", "NodeUnpublishVolume")
-    upub.add_argument("volume_id")
-    upub.add_argument("target_path", type=path)
-    stats = _cmd(cmds, "stats", "NodeGetVolumeStats: usage and condition at a staged or published path")
-    stats.add_argument("volume_id")
-    stats.add_argument("volume_path", type=path)
-    exp = _cmd(cmds, "expand", "ControllerExpandVolume, then NodeExpandVolume when --path is given")
-    exp.add_argument("volume_id")
+    _cmd(cmds, "unpublish", "NodeUnpublishVolume", "volume_id", "target_path")
+    _cmd(cmds, "stats", "NodeGetVolumeStats: usage and condition at a staged or published path",
+         "volume_id", "volume_path")
+    exp = _cmd(cmds, "expand", "ControllerExpandVolume, then NodeExpandVolume when --path is given", "volume_id")
     exp.add_argument("size", type=parse_size, help="new size (e.g. 2Gi)")
     exp.add_argument("--path", default=None, type=path, help="staged or published path, for the node step")
     _cap_args(exp)
@@ -591,8 +574,7 @@ def _node_commands(cmds: Any) -> None:
 def _snapshot_commands(cmds: Any) -> None:
     snap = _cmd(cmds, "snapshot", "CreateSnapshot, ListSnapshots, GetSnapshot, DeleteSnapshot")
     snaps = snap.add_subparsers(dest="snapshot", required=True, metavar="ACTION")
-    sc = _cmd(snaps, "create", "CreateSnapshot")
-    sc.add_argument("source_volume_id")
+    sc = _cmd(snaps, "create", "CreateSnapshot", "source_volume_id")
     sc.add_argument("name", help="the CSI snapshot name")
     _params(sc, "VolumeSnapshotClass parameter")
     sl = _cmd(snaps, "list", "ListSnapshots (every page)")
@@ -602,13 +584,11 @@ def _snapshot_commands(cmds: Any) -> None:
     _cmd(snaps, "delete", "DeleteSnapshot").add_argument("snapshot_id")
     grp = _cmd(cmds, "group", "CreateVolumeGroupSnapshot, GetVolumeGroupSnapshot, DeleteVolumeGroupSnapshot")
     groups = grp.add_subparsers(dest="group", required=True, metavar="ACTION")
-    gc = _cmd(groups, "create", "CreateVolumeGroupSnapshot: one instant for every volume")
-    gc.add_argument("name")
+    gc = _cmd(groups, "create", "CreateVolumeGroupSnapshot: one instant for every volume", "name")
     gc.add_argument("volume_ids", nargs="+")
     _params(gc, "VolumeGroupSnapshotClass parameter")
     for action in ("get", "delete"):
-        g = _cmd(groups, action, f"{action.capitalize()}VolumeGroupSnapshot")
-        g.add_argument("group_snapshot_id")
+        g = _cmd(groups, action, f"{action.capitalize()}VolumeGroupSnapshot", "group_snapshot_id")
         g.add_argument("snapshot_ids", nargs="*", help="the group's member snapshot ids")
 
 

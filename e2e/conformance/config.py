@@ -49,13 +49,10 @@ def parse_size(text: str) -> int:
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:
     """``["k=v", ...]`` → ``{"k": "v"}``; the value may itself contain ``=``."""
-    params: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"parameter must look like key=value, got {item!r}")
-        params[key] = value
-    return params
+    split = {item: item.partition("=") for item in items}
+    for item in (item for item, (key, sep, _) in split.items() if not (sep and key)):
+        raise ValueError(f"parameter must look like key=value, got {item!r}")
+    return {key: value for key, _, value in split.values()}
 
 
 def load_secrets(path: str) -> dict[str, str]:

@@ -6,25 +6,16 @@ The image directory is the test's own: the default one on the host's ext4
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 from grpclib.const import Status
 
 from csi.gen.csi import v1 as csi
-from tests.lifecycle import (
-    copy_while_written,
-    delete_all_snapshots,
-    delete_in_order,
-    expect,
-    five_snapshots_of_two_volumes,
-    from_snapshot,
-    from_volume,
-    offered,
-    restore,
-)
-from tests.support import MIB, DriverProcess, assert_no_leaks, connect, create_request, force_cleanup
+from tests import lifecycle
+from tests.filesystems import driver_on_filesystem
+from tests.lifecycle import expect, from_snapshot, from_volume, restore
+from tests.support import MIB, DriverProcess, assert_no_leaks, connect, create_request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
 RPC = csi.ControllerServiceCapabilityRpcType
@@ -32,31 +23,22 @@ RPC = csi.ControllerServiceCapabilityRpcType
 
 @pytest.fixture(params=["ext4-dir", "xfs-reflink-dir"])
 def snap_driver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriverProcess]:
+    """A driver whose images live in the test's directory, or on an xfs of its own (snapshots are reflinks)."""
     proc = DriverProcess(tmp_path_factory.mktemp("snapdriver"))
-    fs_image = proc.root / "xfs.img"
     if request.param == "xfs-reflink-dir":
-        with fs_image.open("wb") as handle:
-            handle.truncate(2 << 30)
-        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(fs_image)], check=True)
-        proc.data_dir.mkdir()
-        subprocess.run(["mount", "-o", "loop", str(fs_image), str(proc.data_dir)], check=True)
-    try:
-        proc.start()
-        yield proc
-    finally:
-        proc.kill9()
-        force_cleanup(proc.kubelet_dir, proc.data_dir)
-        if fs_image.exists():
-            subprocess.run(["umount", str(proc.data_dir)], check=False)
-            fs_image.unlink()
+        with driver_on_filesystem(proc, "xfs", 2 << 30) as started:
+            yield started
+    else:
+        with proc.running() as started:
+            yield started
 
 
 @pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
 @pytest.mark.parametrize("kind", ["snapshot", "clone"])
 async def test_copy_of_a_published_volume_being_written(snap_driver: DriverProcess, kind: str, fs_type: str) -> None:
     async with connect(snap_driver.socket_path) as c:
-        await copy_while_written(c, snap_driver, kind, fs_type)
-        await delete_all_snapshots(c)
+        await lifecycle.copy_while_written(c, snap_driver, kind, fs_type)
+        await lifecycle.delete_all_snapshots(c)
     assert_no_leaks(snap_driver)
     assert snap_driver.images() == []
     assert list((snap_driver.data_dir / "snapshots").iterdir()) == []
@@ -64,8 +46,9 @@ async def test_copy_of_a_published_volume_being_written(snap_driver: DriverProce
 
 async def test_capabilities_list_paging_and_filters(driver: DriverProcess) -> None:
     async with connect(driver.socket_path) as c:
-        assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME} <= await offered(c)
-        ids, made = await five_snapshots_of_two_volumes(c, 32 * MIB)
+        offered = await lifecycle.offered(c)
+        assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME} <= offered
+        ids, made = await lifecycle.five_snapshots_of_two_volumes(c, 32 * MIB)
         seen: list[str] = []
         token = ""
         pages = 0
@@ -156,7 +139,7 @@ async def test_delete_in_every_order_across_a_restart(driver: DriverProcess) -> 
             assert restored is not None
             ids["restored"] = restored.volume_id
         for ids, order in zip(made, orders, strict=True):
-            await delete_in_order(c, ids, order)
+            await lifecycle.delete_in_order(c, ids, order)
         assert (await c.controller.list_snapshots(csi.ListSnapshotsRequest())).entries == []
         assert (await c.controller.list_volumes(csi.ListVolumesRequest())).entries == []
     assert driver.images() == []

@@ -12,17 +12,10 @@ import pytest
 
 from backends.base import AccessType, ContentSource, SourceKind, VolumeSpec
 from backends.loopfile.backend import LoopfileBackend
-from backends.loopfile.options import LoopfileOptions
-from backends.system.runner import ProcessRunner
+from tests.backends.loopfile.support import started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
 MIB = 1 << 20
-
-
-async def started(directory: Path) -> LoopfileBackend:
-    backend = LoopfileBackend("n1", LoopfileOptions(directory=str(directory)), ProcessRunner())
-    await backend.start()
-    return backend
 
 
 @pytest.fixture

@@ -25,9 +25,8 @@ import pytest
 from backends import errors
 from backends.base import ContentSource, SourceKind, VolumeSpec, snapshot_id_for
 from backends.loopfile.backend import PARAM_PROVISIONING, LoopfileBackend
-from backends.loopfile.options import LoopfileOptions
 from backends.system import reflink
-from backends.system.runner import ProcessRunner
+from tests.backends.loopfile.support import started
 from tests.filesystems import mounted_filesystem
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
@@ -74,12 +73,6 @@ def image_filesystem(kind: str, size: int = 4 * GIB) -> Iterator[ImageFs]:
 def image_fs(request: pytest.FixtureRequest) -> Iterator[ImageFs]:
     with image_filesystem(request.param) as fs:
         yield fs
-
-
-async def started(directory: Path) -> LoopfileBackend:
-    backend = LoopfileBackend("node-1", LoopfileOptions(directory=str(directory)), ProcessRunner())
-    await backend.start()
-    return backend
 
 
 @pytest.fixture

@@ -20,20 +20,9 @@ from backends.rawdisk.options import RawdiskOptions
 from csi.cli.main import build_parser
 from csi.gen.csi import v1 as csi
 from e2e import leaks
+from tests import lifecycle
 from tests.backends.rawdisk.support import MIB, FakeDisks, disk_states, fake_disks, rawdisk_driver, running_driver, sh
-from tests.lifecycle import (
-    Lifecycle,
-    check_copy_of_the_instant,
-    copy_under_writes,
-    delete_all_snapshots,
-    delete_in_order,
-    expect,
-    from_snapshot,
-    from_volume,
-    offered,
-    restore,
-    snapshot,
-)
+from tests.lifecycle import Lifecycle, expect, from_snapshot, from_volume, restore, snapshot
 from tests.support import DriverProcess, assert_no_leaks, connect, create_request, mount_cap
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
@@ -64,7 +53,7 @@ async def test_capabilities_follow_the_snapshot_dir(disks: FakeDisks) -> None:
     try:
         plain.start()
         async with connect(plain.socket_path) as c:
-            rpcs = await offered(c)
+            rpcs = await lifecycle.offered(c)
             assert RPC.CLONE_VOLUME in rpcs
             assert not rpcs & {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT}
             volume = (await c.controller.create_volume(create_request("pvc-a", 32 * MIB))).volume
@@ -77,7 +66,7 @@ async def test_capabilities_follow_the_snapshot_dir(disks: FakeDisks) -> None:
         try:
             async with connect(with_dir.socket_path) as c:
                 assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT,
-                        RPC.CLONE_VOLUME} <= await offered(c)
+                        RPC.CLONE_VOLUME} <= await lifecycle.offered(c)
         finally:
             with_dir.kill9()
     finally:
@@ -93,7 +82,7 @@ async def test_copy_of_a_published_volume_being_written(disks: FakeDisks, driver
         source = Lifecycle(c, driver, "pvc-live", mount_cap("ext4"), 128 * MIB)
         await source.up()
         source.write()
-        copy, before, after, snap = await copy_under_writes(c, driver, source, kind, VOLUME_BYTES)
+        copy, before, after, snap = await lifecycle.copy_under_writes(c, driver, source, kind, VOLUME_BYTES)
         assert snap is None or snap.size_bytes == VOLUME_BYTES
         await source.down()  # the source is gone before the copy is even looked at
     if kind == "snapshot":
@@ -103,8 +92,8 @@ async def test_copy_of_a_published_volume_being_written(disks: FakeDisks, driver
         created = await copy.create()  # the restore (or, for a clone, the idempotent repeat)
         assert created.content_source == copy.source
         assert created.capacity_bytes == VOLUME_BYTES
-        await check_copy_of_the_instant(copy, before, after)
-        await delete_all_snapshots(c)
+        await lifecycle.check_copy_of_the_instant(copy, before, after)
+        await lifecycle.delete_all_snapshots(c)
     assert_nothing_left(disks, driver)
 
 
@@ -186,7 +175,7 @@ async def test_delete_in_every_order_across_a_restart(disks: FakeDisks, driver: 
             restored = (await c.controller.create_volume(request)).volume
             assert restored is not None
             ids = {"volume": vol.volume_id, "snapshot": snap.snapshot_id, "restored": restored.volume_id}
-            await delete_in_order(c, ids, order)
+            await lifecycle.delete_in_order(c, ids, order)
             assert (await c.controller.list_snapshots(csi.ListSnapshotsRequest())).entries == []
             assert (await c.controller.list_volumes(csi.ListVolumesRequest())).entries == []
         assert_nothing_left(disks, driver)
