@@ -7,11 +7,13 @@ to the pool it concerns.
 
 Routing. CreateVolume chooses the pool from the StorageClass parameter :data:`POOL_PARAMETER` (absent: the
 default pool) and removes that key before the pool's backend sees the parameters. Every id a driver with a
-pools file hands out carries its pool (``lcv-…@fast``, :func:`backends.ids.qualify`), so every later call finds
-its pool from the id alone; an id without a pool (made before pools existed, or by a driver configured with
-flags) belongs to the default pool. A driver configured by flags has one pool and hands out ids unchanged, so
-nothing changes for it, and its volumes keep working when it moves to a pools file whose default pool is the
-same storage.
+pools file hands out for a pool other than the default carries its pool (``lcv-…@fast``,
+:func:`backends.ids.qualify`), so every later call finds its pool from the id alone; an id without a pool
+belongs to the default pool. The default pool's own ids carry no pool: the ids of volumes made before pools
+existed, or by a driver configured with flags, stay exactly what the CO holds (ListVolumes, its published
+nodes) when their storage becomes the default pool of a pools file, and moving back to flags keeps them too.
+So the default pool, once it holds volumes, stays the default (docs/pools.md); a qualified id naming it is
+accepted as well.
 
 Failure isolation. A pool whose storage cannot be opened at start-up (VG missing, directory unmounted, disks
 gone) does not stop the others: it is kept *unavailable*, its calls answer UNAVAILABLE naming the pool and the
@@ -254,7 +256,9 @@ class Pools:
         return self._serving(self._pools[parts[1] or self._default]), parts[0]
 
     def _out(self, local_id: str, pool: Pool) -> str:
-        return qualify(local_id, pool.name) if self._qualify else local_id
+        """The id the CO is given: the default pool's plain (as every id was before pools, so the ids the CO
+        already holds are the ones ListVolumes answers), another pool's carrying its pool."""
+        return qualify(local_id, pool.name) if self._qualify and pool.name != self._default else local_id
 
     def _volume_out(self, volume: Volume, pool: Pool) -> Volume:
         source = volume.source
@@ -374,7 +378,11 @@ class Pools:
         pool, rest = self.pool_for(parameters)
         if not pool.available:
             return Capacity(available_bytes=0, maximum_volume_bytes=0)
-        return await self._call(pool, lambda: pool.backend.get_capacity(rest))
+        try:
+            return await self._call(pool, lambda: pool.backend.get_capacity(rest))
+        except errors.Unavailable as exc:  # its storage went away under the running driver: no room there now
+            logger.warning("pool {}: no capacity while it is unavailable: {}", pool.name, exc.message)
+            return Capacity(available_bytes=0, maximum_volume_bytes=0)
 
     async def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> int:
         pool, local = self._volume(volume_id)
@@ -417,7 +425,12 @@ class Pools:
     # -- snapshots -------------------------------------------------------------------
     async def create_snapshot(self, source_volume_id: str, name: str, parameters: Mapping[str, str]) -> Snapshot:
         pool, local = self._volume(source_volume_id)
-        made = await self._call(pool, lambda: pool.backend.create_snapshot(local, name, parameters))
+        rest = dict(parameters)
+        named = rest.pop(POOL_PARAMETER, pool.name)  # a VolumeSnapshotClass may name the pool: it must be the source's
+        if named != pool.name:
+            raise errors.InvalidArgument(f"a snapshot lives in its source volume's pool {pool.name!r}, "
+                                         f"not in {named!r} ({POOL_PARAMETER})")
+        made = await self._call(pool, lambda: pool.backend.create_snapshot(local, name, rest))
         return self._snapshot_out(made, pool)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:

@@ -4,8 +4,8 @@
 once per finished call; it only bumps in-memory counters, so it costs the RPC
 path a few microseconds.
 
-Backend figures (capacity, volume counts by condition, the loop devices this
-driver attached) are *not* polled: each scrape asks the backend for them
+Backend figures (capacity, volume counts by condition, each labelled with its
+``pool``; the loop devices this driver attached) are *not* polled: each scrape asks the backend for them
 (``list_volumes`` with each volume's health, ``get_capacity``,
 ``attached_devices``), so an idle driver does no work for metrics. Only the
 backend's own devices are counted, never another user's loop devices.
@@ -28,7 +28,8 @@ from grpclib.const import Status
 from loguru import logger
 
 from backends.base import Backend
-from backends.errors import InvalidArgument
+from backends.errors import BackendError, InvalidArgument
+from backends.pools import DEFAULT_POOL, Pools
 from backends.system import loop
 
 if TYPE_CHECKING:  # prometheus_client (3 MiB resident) is imported only by a driver that serves metrics
@@ -48,15 +49,24 @@ MAX_REQUEST_BYTES = 8192
 
 
 @dataclass(frozen=True)
-class BackendSnapshot:
-    """What one scrape learned from the backend."""
+class PoolFigures:
+    """What one scrape learned of one pool (a driver configured by flags has one, ``default``)."""
 
+    name: str
     up: bool
     healthy_volumes: int = 0
     abnormal_volumes: int = 0
     provisioned_bytes: int = 0
     available_bytes: int = 0
     maximum_volume_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class BackendSnapshot:
+    """What one scrape learned from the backend: each pool's figures, and this driver's loop devices."""
+
+    up: bool
+    pools: tuple[PoolFigures, ...] = ()
     loop_devices: int = 0
 
 
@@ -68,28 +78,35 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def _pool_figures(name: str, backend: Backend) -> PoolFigures:
+    try:
+        volumes = await backend.list_volumes()
+        capacity = await backend.get_capacity({})
+    except BackendError as exc:  # this pool cannot answer now; the others still can
+        logger.warning("metrics: pool {} could not be read: {}", name, exc.message)
+        return PoolFigures(name, up=False)
+    abnormal = sum(1 for v in volumes if v.condition.abnormal)
+    return PoolFigures(name, up=True, healthy_volumes=len(volumes) - abnormal, abnormal_volumes=abnormal,
+                       provisioned_bytes=sum(v.capacity_bytes for v in volumes),
+                       available_bytes=capacity.available_bytes, maximum_volume_bytes=capacity.maximum_volume_bytes)
+
+
 async def take_snapshot(backend: Backend | None) -> BackendSnapshot:
-    """Backend figures for one scrape; ``up=False`` when the backend cannot answer."""
+    """Backend figures for one scrape, pool by pool; ``up=False`` when the backend cannot answer at all."""
     if backend is None:
         return BackendSnapshot(up=False)
     try:
         with anyio.fail_after(SNAPSHOT_TIMEOUT_SECONDS):
-            volumes = await backend.list_volumes()
-            capacity = await backend.get_capacity({})
+            if isinstance(backend, Pools):
+                pools = tuple([await _pool_figures(p.name, p.backend) if p.started else PoolFigures(p.name, up=False)
+                               for p in backend.pools()])
+            else:
+                pools = (await _pool_figures(DEFAULT_POOL, backend),)
             loops = sum(1 for device in await backend.attached_devices() if _is_loop_device(device))
     except Exception as exc:  # a scrape must still answer; the failure shows as backend_up 0
         logger.warning("metrics: backend snapshot failed: {}", exc)
         return BackendSnapshot(up=False)
-    abnormal = sum(1 for v in volumes if v.condition.abnormal)
-    return BackendSnapshot(
-        up=True,
-        healthy_volumes=len(volumes) - abnormal,
-        abnormal_volumes=abnormal,
-        provisioned_bytes=sum(v.capacity_bytes for v in volumes),
-        available_bytes=capacity.available_bytes,
-        maximum_volume_bytes=capacity.maximum_volume_bytes,
-        loop_devices=loops,
-    )
+    return BackendSnapshot(up=any(p.up for p in pools), pools=pools, loop_devices=loops)
 
 
 def _is_loop_device(path: str) -> bool:
@@ -114,20 +131,29 @@ class _BackendCollector:
         info = InfoMetricFamily("localcsi_build", "Driver name, backend and version.")
         info.add_metric([], self.labels)
         yield info
-        yield GaugeMetricFamily("localcsi_backend_up", "1 when the last scrape could read the backend.",
+        yield GaugeMetricFamily("localcsi_backend_up", "1 when the last scrape could read the backend (a pool).",
                                 value=1 if s.up else 0)
         if not s.up:
             return
-        volumes = GaugeMetricFamily("localcsi_volumes", "Volumes on this node by condition.", labels=["condition"])
-        volumes.add_metric(["healthy"], s.healthy_volumes)
-        volumes.add_metric(["abnormal"], s.abnormal_volumes)
+        up = GaugeMetricFamily("localcsi_pool_up", "1 when the last scrape could read the pool.", labels=["pool"])
+        volumes = GaugeMetricFamily("localcsi_volumes", "Volumes on this node by pool and condition.",
+                                    labels=["pool", "condition"])
+        per_pool = {name: GaugeMetricFamily(name, text, labels=["pool"]) for name, text in (
+            ("localcsi_volumes_provisioned_bytes", "Sum of the capacities of the pool's volumes."),
+            ("localcsi_capacity_available_bytes", "What new volumes of the pool could still take."),
+            ("localcsi_capacity_maximum_volume_bytes", "The largest volume the pool can create now."))}
+        for pool in s.pools:
+            up.add_metric([pool.name], 1 if pool.up else 0)
+            if not pool.up:
+                continue
+            volumes.add_metric([pool.name, "healthy"], pool.healthy_volumes)
+            volumes.add_metric([pool.name, "abnormal"], pool.abnormal_volumes)
+            per_pool["localcsi_volumes_provisioned_bytes"].add_metric([pool.name], pool.provisioned_bytes)
+            per_pool["localcsi_capacity_available_bytes"].add_metric([pool.name], pool.available_bytes)
+            per_pool["localcsi_capacity_maximum_volume_bytes"].add_metric([pool.name], pool.maximum_volume_bytes)
+        yield up
         yield volumes
-        yield GaugeMetricFamily("localcsi_volumes_provisioned_bytes", "Sum of the capacities of all volumes.",
-                                value=s.provisioned_bytes)
-        yield GaugeMetricFamily("localcsi_capacity_available_bytes", "What new volumes could still take.",
-                                value=s.available_bytes)
-        yield GaugeMetricFamily("localcsi_capacity_maximum_volume_bytes", "The largest volume creatable now.",
-                                value=s.maximum_volume_bytes)
+        yield from per_pool.values()
         yield GaugeMetricFamily("localcsi_loop_devices_attached",
                                 "Loop devices this driver attached for its volumes (no other user's).",
                                 value=s.loop_devices)

@@ -141,6 +141,11 @@ def image_condition(record: ImageRecord, use: space.ImageUse, free_bytes: int, r
     return Condition()
 
 
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class LoopfileBackend:
     """Volumes as image files on a local filesystem, attached as direct-I/O loop devices."""
 
@@ -163,6 +168,8 @@ class LoopfileBackend:
         self._loops: dict[str, loop.LoopDevice] = {}
         self._space = Reservations(self._measure_available)
         self._lock: storagelock.StorageLock | None = None
+        #: (st_dev, st_ino) of the directory when it was locked.
+        self._dir_identity: tuple[int, int] | None = None
         self.features = options.features()
 
     # -- paths --------------------------------------------------------------
@@ -215,7 +222,22 @@ class LoopfileBackend:
             files.ensure_directory(self._dir)
         except OSError as exc:
             raise errors.Unavailable(f"cannot create the loopfile directory {self._dir}: {exc.strerror}") from exc
-        return storagelock.lock_directory(self._dir, f"the loopfile directory {self._dir}")
+        lock = storagelock.lock_directory(self._dir, f"the loopfile directory {self._dir}")
+        self._dir_identity = _identity(self._dir)
+        return lock
+
+    def _same_directory_sync(self) -> None:
+        """Blocking: the directory is still the one locked at start-up, not a mount point whose filesystem went
+        away (unmounted, or replaced by another) nor a directory removed and made again; Unavailable if not."""
+        if self._dir_identity is None:
+            return
+        try:
+            now = _identity(self._dir)
+        except OSError as exc:
+            raise errors.Unavailable(f"the loopfile directory {self._dir} is gone: {exc.strerror}") from exc
+        if now != self._dir_identity:
+            raise errors.Unavailable(f"the loopfile directory {self._dir} is no longer the one this driver started "
+                                     "on (its filesystem was unmounted or replaced): its volumes are not there")
 
     async def _recover(self) -> None:
         """Rebuild the index from the directory and finish what a crash interrupted (under the lock)."""
@@ -301,6 +323,7 @@ class LoopfileBackend:
             lock.release()
 
     async def check_health(self) -> None:
+        await anyio.to_thread.run_sync(self._same_directory_sync)
         ok = await anyio.to_thread.run_sync(os.access, self._dir, os.W_OK | os.X_OK)
         if not ok:
             raise errors.Unavailable(f"the loopfile directory {self._dir} is not writable")
@@ -321,7 +344,11 @@ class LoopfileBackend:
 
     async def _measure(self, records: list[ImageRecord]) -> tuple[dict[str, space.ImageUse], int]:
         """Each volume's use of its image, and the free bytes of the image directory's filesystem."""
-        return await anyio.to_thread.run_sync(lambda: (self._uses_sync(records), files.free_bytes(self._dir)))
+        def measure() -> tuple[dict[str, space.ImageUse], int]:
+            self._same_directory_sync()  # never measure, nor then write, a filesystem that is not the pool's
+            return self._uses_sync(records), files.free_bytes(self._dir)
+
+        return await anyio.to_thread.run_sync(measure)
 
     async def _measure_available(self) -> int:
         uses, free = await self._measure(list(self._records.values()))

@@ -8,7 +8,9 @@ other users, so two exhaustion checks boot Debian's 6.1 kernel under qemu
   overprovisioned volume, and a volume group out of extents, through the lvm driver;
 * ``tests/kernel/test_loop_exhaustion.py``: every loop device of the guest taken
   (the loop module loaded with ``max_part=255``: 4,096 devices), through the
-  loopfile driver.
+  loopfile driver;
+* ``tests/kernel/test_lvm_paths.py``: the paths phase's node-path attacks
+  (e2e/reliability/paths.py) against lvm, thick and thin.
 
 What must hold is asserted by those tests (RESOURCE_EXHAUSTED, no leftovers,
 other volumes' data intact, conditions abnormal while the pool is full). This
@@ -26,7 +28,8 @@ import anyio
 from e2e.reliability.common import PhaseResult
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS = ("tests/kernel/test_lvm_exhaustion.py", "tests/kernel/test_loop_exhaustion.py")
+TESTS = ("tests/kernel/test_lvm_exhaustion.py", "tests/kernel/test_loop_exhaustion.py",
+         "tests/kernel/test_lvm_paths.py")
 LANE_SECONDS = 3000
 FIGURE_LINES = re.compile(r"(filler: .*|took \d+ loop devices .*)$", re.M)
 SUMMARY = re.compile(r"=+ (.*(?:passed|failed|skipped|error).*) in ([\d.]+)s")

@@ -140,7 +140,8 @@ async def test_a_thin_volume_out_of_backing_space_is_abnormal(overcommitted: Dri
 @pytest.mark.skipif(privileges.has_capability(privileges.CAP_SYS_RESOURCE),
                     reason="ext4 grows online here (CAP_SYS_RESOURCE): the kernel lane's case")
 async def test_an_ext4_filesystem_that_could_not_grow_is_abnormal(driver: DriverProcess) -> None:
-    assert "lacks CAP_SYS_RESOURCE: ext4 filesystems cannot grow online" in driver.log()
+    warning = "lacks CAP_SYS_RESOURCE: ext4 filesystems cannot grow online"
+    assert warning in driver.wait_for_log(warning)
     async with connect(driver.socket_path) as c:
         vol = Lifecycle(c, driver, "pvc-grow", mount_cap("ext4"), 64 * MIB)
         await vol.up()
@@ -176,8 +177,8 @@ def test_start_up_warns_about_an_image_directory_without_direct_io(tmp_path: Pat
     subprocess.run(["mount", "-t", "ramfs", "ramfs", str(proc.data_dir)], check=True)
     try:
         proc.start()
-        assert f"the filesystem of {proc.data_dir} does not support direct I/O: loop devices use buffered I/O" \
-            in proc.log()
+        warning = f"the filesystem of {proc.data_dir} does not support direct I/O: loop devices use buffered I/O"
+        assert warning in proc.wait_for_log(warning)
         assert not (proc.data_dir / ".probe-direct").exists()
     finally:
         proc.kill9()
@@ -201,8 +202,8 @@ async def test_metrics_count_abnormal_volumes_and_only_this_drivers_loop_devices
             assert broken.volume is not None
             (proc.data_dir / f"{broken.volume.volume_id}.img").unlink()
             samples = await scrape(f"http://127.0.0.1:{port}")
-            assert value(samples, "localcsi_volumes", condition="abnormal") == 1
-            assert value(samples, "localcsi_volumes", condition="healthy") == 1
+            assert value(samples, "localcsi_volumes", pool="default", condition="abnormal") == 1
+            assert value(samples, "localcsi_volumes", pool="default", condition="healthy") == 1
             assert value(samples, "localcsi_loop_devices_attached") == 1
             await vol.down()
             samples = await scrape(f"http://127.0.0.1:{port}")

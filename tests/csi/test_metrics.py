@@ -105,10 +105,10 @@ async def test_scrape_counts_real_rpcs_and_backend_state(metered_driver: tuple[D
         assert value(samples, "localcsi_rpc_duration_seconds_bucket", rpc="NodeStageVolume", le="+Inf") == 1
         assert value(samples, "localcsi_rpc_duration_seconds_sum", rpc="NodeStageVolume") > 0.0001
         assert value(samples, "localcsi_backend_up") == 1
-        assert value(samples, "localcsi_volumes", condition="healthy") == 1
-        assert value(samples, "localcsi_volumes", condition="abnormal") == 0
-        assert value(samples, "localcsi_volumes_provisioned_bytes") == created.volume.capacity_bytes
-        assert value(samples, "localcsi_capacity_available_bytes") > 0
+        assert value(samples, "localcsi_volumes", pool="default", condition="healthy") == 1
+        assert value(samples, "localcsi_volumes", pool="default", condition="abnormal") == 0
+        assert value(samples, "localcsi_volumes_provisioned_bytes", pool="default") == created.volume.capacity_bytes
+        assert value(samples, "localcsi_capacity_available_bytes", pool="default") > 0
         assert value(samples, "localcsi_loop_devices_attached") >= 1
 
         await c.node.node_unpublish_volume(csi.NodeUnpublishVolumeRequest(volume_id=volume_id,
@@ -117,7 +117,7 @@ async def test_scrape_counts_real_rpcs_and_backend_state(metered_driver: tuple[D
                                                                       staging_target_path=str(staging)))
         await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
         after = await scrape(url)
-        assert value(after, "localcsi_volumes", condition="healthy") == 0
+        assert value(after, "localcsi_volumes", pool="default", condition="healthy") == 0
         assert value(after, "localcsi_rpc_total", rpc="DeleteVolume", code="OK") == 1
         # The scrape itself is not an RPC: counts did not move between the two scrapes except for the new calls.
         assert value(after, "localcsi_rpc_total", rpc="Probe", code="OK") == 3

@@ -141,5 +141,5 @@ async def test_secrets_never_logged(driver: DriverProcess) -> None:
         vol = (await c.controller.create_volume(req)).volume
         assert vol is not None
         await c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=vol.volume_id, secrets={"k": sentinel}))
-    assert "pvc-secret" in driver.log()
+    assert "pvc-secret" in driver.wait_for_log("DeleteVolume OK")
     assert sentinel not in driver.log()
