@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from csi.bench.main import Options, bench, memory
+from csi.bench.main import NORMAL, POOL_ROUNDS, QUICK, Options, bench, memory, settle
 from csi.bench.report import render
 from csi.bench.stats import ProcSample
 from csi.cli.main import build_parser
@@ -100,6 +100,15 @@ def bench_options(endpoint: str, work_dir: Path, *argv: str) -> Options:
                    bare_dir=str(work_dir), parameters={}, args=args)
 
 
+def test_quick_fills_what_was_not_given_and_keeps_what_was(tmp_path: Path) -> None:
+    quick = settle(bench_options("unix:///x", tmp_path, "--quick", "--probe-calls", "50").args)
+    assert (quick.probe_calls, quick.cd_volumes, quick.iterations, quick.in_flight, quick.fs_type) == (
+        50, QUICK["cd_volumes"], QUICK["iterations"], [16], ["ext4"])
+    full = settle(bench_options("unix:///x", tmp_path, "--iterations", "3").args)
+    assert (full.probe_calls, full.iterations, full.in_flight) == (NORMAL["probe_calls"], 3, [])
+    assert not quick.fio and not full.fio  # fio only when asked for
+
+
 def test_only_names_the_phases_that_run(tmp_path: Path) -> None:
     chosen = bench_options("unix:///x", tmp_path, "--only", "probe", "--only", "scale")
     assert [p for p in ("probe", "create-delete", "provision", "bare", "scale", "fio") if chosen.wants(p)] == [
@@ -158,3 +167,52 @@ def test_grpcio_only_when_asked_for_and_then_said_plainly() -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "--client grpcio needs grpcio" in done.stderr
+
+
+@pytest.mark.root
+def test_quick_runs_every_phase_but_fio_says_its_progress_and_draws_the_plot(driver: DriverProcess,
+                                                                              tmp_path: Path) -> None:
+    picture, figures = tmp_path / "bench.png", tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "csi.cli", "bench", "--endpoint", driver.endpoint, "--quick",
+                           "--bare-dir", str(tmp_path), "--plot", str(picture), "--json", str(figures)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(figures.read_text())
+    assert {"probe", "create_delete", "provision", "bare", "scale"} <= set(report) and "fio" not in report
+    assert report["probe"]["latency"]["Probe"]["count"] == QUICK["probe_calls"]
+    progress = [line for line in done.stderr.splitlines() if line.startswith("bench [")]
+    assert any(line.endswith("probe ...") for line in progress)
+    assert any("scale, 50 volumes done in" in line for line in progress)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20_000
+    assert f"plot: {picture}" in done.stdout
+
+
+def test_plot_without_matplotlib_is_refused_in_one_line(tmp_path: Path) -> None:
+    hidden = WITHOUT_GRPCIO.replace("sys.modules['grpc'] = None", "sys.modules['matplotlib'] = None")
+    done = subprocess.run([sys.executable, "-c", hidden, "bench", "--endpoint", "unix:///nonexistent.sock",
+                           "--plot", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--plot needs matplotlib" in done.stderr
+
+
+@pytest.mark.root
+def test_compare_pools_measures_a_driver_of_n_pools_beside_the_one_pool_driver(tmp_path: Path) -> None:
+    figures = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "csi.cli", "bench", "--spawn-loopfile", str(tmp_path / "d"),
+                           "--compare-pools", "3", "--only", "probe", "--probe-calls", "10", "--cd-volumes", "20",
+                           "--no-progress", "--json", str(figures)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    pools = json.loads(figures.read_text())["pools"]
+    assert pools["pools"] == 3 and [len(v) for v in pools["round_p50_ms"].values()] == [POOL_ROUNDS] * 2
+    assert pools["ratio"] == round(pools["pools_p50_ms"] / pools["one_pool_p50_ms"], 3)
+    assert "CreateVolume p50, 3 pools / one pool" in done.stdout
+    # A pool directory each, the volumes made in the last pool and all deleted again.
+    pools_dir = tmp_path / "d" / "bench-pools"
+    assert sorted(p.name for p in pools_dir.iterdir() if p.is_dir()) == ["p0", "p1", "p2"]
+    assert [list((pools_dir / p).glob("*.img")) for p in ("p0", "p1", "p2")] == [[], [], []]
+    assert "CreateVolume OK" in (pools_dir / "driver.log").read_text()
+    refused = subprocess.run([sys.executable, "-m", "csi.cli", "bench", "--endpoint", "unix:///x.sock",
+                              "--compare-pools", "3"], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "--compare-pools N needs --spawn-loopfile" in refused.stderr
