@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from backends.loopfile.options import LoopfileOptions
 from backends.lvm.options import LvmOptions
@@ -83,3 +85,14 @@ def test_a_file_that_cannot_be_used_says_why(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("pools = \n")
     with pytest.raises(PoolFileError, match="not valid TOML"):
         load(str(tmp_path / "bad.toml"))
+
+
+def test_the_pools_files_in_the_docs_are_valid() -> None:
+    """docs/pools.md's worked examples, read as the driver reads them."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "pools.md").read_text()
+    files = [block for block in re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL) if block.lstrip("# \n").find(
+        "pools:") >= 0 and "kind:" not in block]
+    assert len(files) == 2
+    for text in files:
+        specs = pools_from(yaml.safe_load(text), "docs/pools.md")
+        assert sum(1 for spec in specs if spec.default) == 1
