@@ -28,8 +28,10 @@ from csi.cli.units import human
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("disks", help="list the disks the rawdisk backend may use, and why others are excluded")
-    p.add_argument("--rawdisk-device", action="append", default=[], metavar="GLOB", required=True,
+    p.add_argument("--rawdisk-device", action="append", default=[], metavar="GLOB",
                    help="allow-list pattern, as given to serve (repeatable)")
+    p.add_argument("--config", default="", metavar="FILE",
+                   help="a pools file, as given to serve: the disks of each of its rawdisk pools, with a POOL column")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     p.add_argument("--pv-manifests", action="store_true", help="print PersistentVolumes for the claimed disks")
     p.add_argument("--node", default="", help="node name for the PVs' node affinity (with --pv-manifests)")
@@ -38,15 +40,33 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--command-prefix", default="", help='prefix for every system command, e.g. "nsenter -t 1 -m --"')
 
 
-def table(found: list[Disk]) -> str:
-    rows = [("DEVICE", "SIZE", "STATE", "VOLUME", "REASON")]
+def table(found: list[Disk], pools: dict[str, str] | None = None) -> str:
+    """One row per disk; with ``pools`` (disk path -> pool), a POOL column first."""
+    rows = [(*(("POOL",) if pools is not None else ()), "DEVICE", "SIZE", "STATE", "VOLUME", "REASON")]
     for disk in found:
         device = disk.path if disk.path == disk.real_path else f"{disk.path} ({disk.real_path})"
-        rows.append((device, human(disk.size_bytes), disk.state.value, disk.volume_id or "-", disk.reason))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        pool = (pools.get(disk.path, "-"),) if pools is not None else ()
+        rows.append((*pool, device, human(disk.size_bytes), disk.state.value, disk.volume_id or "-", disk.reason))
+    last = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:last])) + "  " + row[last] for row in rows
     )
+
+
+async def scan_pools(runner: Runner, config: str) -> tuple[list[Disk], dict[str, str]]:
+    """The disks of every rawdisk pool of the pools file ``config``, and which pool each disk is in."""
+    from backends.rawdisk.options import RawdiskOptions
+    from csi.cli.poolfile import load
+
+    found: list[Disk] = []
+    pools: dict[str, str] = {}
+    for spec in load(config):
+        if isinstance(spec.options, RawdiskOptions):
+            disks = await scan(runner, list(spec.options.devices))
+            found += disks
+            pools.update((disk.path, spec.name) for disk in disks)
+    return found, pools
 
 
 def pv_manifest(disk: Disk, fs_type: str, *, node: str, storage_class: str, driver: str) -> str:
@@ -108,7 +128,15 @@ async def filesystem_of(runner: Runner, disk: Disk) -> str:
 
 async def _main(args: argparse.Namespace) -> int:
     runner = ProcessRunner(prefix=shlex.split(args.command_prefix))
-    found = await scan(runner, args.rawdisk_device)
+    if bool(args.config) == bool(args.rawdisk_device):
+        print("localcsi disks: give --rawdisk-device patterns or a pools file (--config), one of them",
+              file=sys.stderr)
+        return 2
+    pools: dict[str, str] | None = None
+    if args.config:
+        found, pools = await scan_pools(runner, args.config)
+    else:
+        found = await scan(runner, args.rawdisk_device)
     if args.pv_manifests:
         if not args.node:
             print("localcsi disks: --pv-manifests needs --node", file=sys.stderr)
@@ -122,15 +150,21 @@ async def _main(args: argparse.Namespace) -> int:
         print("\n---\n".join(docs))
         return 0
     if args.json:
-        print(json.dumps({"disks": [d.to_json() for d in found]}, indent=2))
+        entries = [{**d.to_json(), **({"pool": pools.get(d.path, "")} if pools is not None else {})} for d in found]
+        print(json.dumps({"disks": entries}, indent=2))
     else:
-        print(table(found))
+        print(table(found, pools))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    from csi.cli.poolfile import PoolFileError
+
     try:
         return anyio.run(_main, args)
+    except PoolFileError as exc:
+        print(f"localcsi disks: {exc}", file=sys.stderr)
+        return 2
     except BackendError as exc:
         print(f"localcsi disks: {exc}", file=sys.stderr)
         return 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,6 +54,31 @@ def test_a_claimed_disk_becomes_a_retained_persistent_volume_pinned_to_its_node(
         {"matchExpressions": [{"key": TOPOLOGY_KEY, "operator": "In", "values": ["node-7"]}]}]
     with pytest.raises(ValueError, match="holds no volume"):
         pv_manifest(FREE, "", node="node-7", storage_class="", driver="localcsi.dev")
+
+
+def test_with_pools_the_table_says_each_disks_pool() -> None:
+    header, claimed, free = table([CLAIMED, FREE], {CLAIMED.path: "disks"}).splitlines()
+    assert header.split() == ["POOL", "DEVICE", "SIZE", "STATE", "VOLUME", "REASON"]
+    assert claimed.split()[:2] == ["disks", "/dev/localcsi/disk1"] and free.split()[:2] == ["-", "/dev/sdc"]
+
+
+def test_disks_takes_patterns_or_a_pools_file(tmp_path: Path) -> None:
+    neither = localcsi("disks")
+    assert neither.returncode == 2 and "--rawdisk-device patterns or a pools file" in neither.stderr
+    bad = tmp_path / "pools.yaml"
+    bad.write_text("pools:\n  d:\n    backend: rawdisk\n    disks: [/dev/sdb]\n")
+    refused = localcsi("disks", "--config", str(bad))
+    assert refused.returncode == 2 and "pool 'd'" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.root
+def test_a_pools_files_rawdisk_pools_are_listed_with_their_pool(disks: FakeDisks, tmp_path: Path) -> None:
+    disks.add("disk-0", 64 * MIB)
+    config = tmp_path / "pools.yaml"
+    config.write_text(f"default: files\npools:\n  files:\n    backend: loopfile\n    directory: {tmp_path}/v\n"
+                      f"  whole:\n    backend: rawdisk\n    devices: [{disks.pattern!r}]\n")
+    listed = json.loads(localcsi("disks", "--config", str(config), "--json", check=True).stdout)["disks"]
+    assert [(d["pool"], d["path"], d["state"]) for d in listed] == [("whole", disks.link("disk-0"), "free")]
 
 
 def test_pv_manifests_need_a_node() -> None:
