@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from backends.pools import POOL_PARAMETER
+from csi.cli.poolfile import pools_from
 from tests.deploy.support import ROOT, check_manifests
 
 cm = check_manifests()
@@ -44,9 +47,24 @@ def consistency(docs: list[dict[str, Any]], backend: str = "loopfile") -> list[s
     return errors
 
 
-def test_every_backend_has_an_overlay() -> None:
+def test_every_backend_has_an_overlay_and_pools_one_more() -> None:
     overlays = {t.path.name for t in TARGETS if t.path.parent == ROOT / "deploy/overlays"}
-    assert overlays == set(cm.BACKENDS)
+    assert overlays == {*cm.BACKENDS, "multi"}
+
+
+def test_the_pools_overlay_gives_both_instances_its_pools_file_and_a_class_per_pool() -> None:
+    """deploy/overlays/multi: the ConfigMap's pools file is one the driver accepts; the node and controller
+    instances read it where it is mounted; each pool has its StorageClass, and nothing else names a backend."""
+    docs = rendered("deploy/overlays/multi")
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "localcsi-pools"]
+    pools = pools_from(yaml.safe_load(config["data"]["pools.yaml"]), "localcsi-pools")
+    classes = {d["parameters"].get(POOL_PARAMETER) for d in docs if d["kind"] == "StorageClass"}
+    assert classes == {p.name for p in pools}
+    for c in cm.driver_containers(docs):
+        assert c.flag("config") == "/etc/localcsi/pools.yaml" and c.flag("backend") is None
+        mount = next(m for m in c.spec["volumeMounts"] if m["mountPath"] == "/etc/localcsi")
+        volume = next(v for v in c.pod["volumes"] if v["name"] == mount["name"])
+        assert volume["configMap"]["name"] == "localcsi-pools"
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
