@@ -47,6 +47,11 @@ SNAPSHOTS_AND_CLONES = frozenset({
     "test_controller::test_create_volume_clone_of_existing_volume",
     "test_lifecycle::test_volume_restored_from_snapshot_holds_the_snapshot_data",
     "test_lifecycle::test_cloned_volume_holds_the_source_data",
+    # The argument-before-lookup specs whose request is a snapshot's, or a volume made from a content source.
+    *(f"test_arguments::test_a_missing_required_field_is_invalid_whatever_volume_is_named[{who}-{spec}]"
+      for who in ("deleted", "never-issued")
+      for spec in ("CreateSnapshot-without-name", "CreateVolume-without-name",
+                   "CreateVolume-without-volume_capabilities")),
 })
 
 # (id, thin pool, access, the specs that run skips)
