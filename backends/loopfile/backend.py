@@ -323,9 +323,12 @@ class LoopfileBackend:
             lock.release()
 
     async def check_health(self) -> None:
-        await anyio.to_thread.run_sync(self._same_directory_sync)
-        ok = await anyio.to_thread.run_sync(os.access, self._dir, os.W_OK | os.X_OK)
-        if not ok:
+        await anyio.to_thread.run_sync(self._check_directory_sync)
+
+    def _check_directory_sync(self) -> None:
+        """Blocking: the directory is the one locked at start-up, and writable."""
+        self._same_directory_sync()
+        if not os.access(self._dir, os.W_OK | os.X_OK):
             raise errors.Unavailable(f"the loopfile directory {self._dir} is not writable")
 
     # -- space --------------------------------------------------------------
